@@ -1,0 +1,312 @@
+"""The JSON API: the contract other programs rely on."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import add_engines, all_engines
+
+
+def post(client, body, **kwargs):
+    return client.post("/api/engines", json=body, **kwargs)
+
+
+def test_health_says_ok(client):
+    response = client.get("/api/health")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok"}
+
+
+def test_create_read_update_delete_round_trip(client, app):
+    created = post(client, {"title": "  Main  ", "thrust": 1200})
+    assert created.status_code == 201
+    engine = created.get_json()
+    assert engine == {"id": 1, "title": "Main", "thrust": 1200}
+    assert created.headers["Location"] == "/api/engines/1"
+
+    assert client.get("/api/engines/1").get_json() == engine
+
+    patched = client.patch("/api/engines/1", json={"thrust": 0})
+    assert patched.status_code == 200
+    assert patched.get_json() == {"id": 1, "title": "Main", "thrust": 0}
+    patched = client.patch("/api/engines/1", json={"title": "Main engine"})
+    assert patched.get_json() == {"id": 1, "title": "Main engine", "thrust": 0}
+    assert all_engines(app) == [(1, "Main engine", 0)]
+
+    deleted = client.delete("/api/engines/1")
+    assert deleted.status_code == 204
+    assert deleted.get_data() == b""
+    assert client.get("/api/engines/1").status_code == 404
+    assert all_engines(app) == []
+
+
+def test_thrust_defaults_to_zero(client):
+    assert post(client, {"title": "Vernier"}).get_json()["thrust"] == 0
+
+
+def test_ids_of_deleted_engines_are_never_reused(client):
+    post(client, {"title": "A"})
+    post(client, {"title": "B"})
+    client.delete("/api/engines/2")
+    assert post(client, {"title": "C"}).get_json()["id"] == 3
+
+
+def test_list_shape(client):
+    post(client, {"title": "Main", "thrust": 3})
+    body = client.get("/api/engines").get_json()
+    assert body == {"engines": [{"id": 1, "title": "Main", "thrust": 3}], "total": 1, "next": None}
+
+
+@pytest.mark.parametrize("method, path", [
+    ("get", "/api/engines/99"),
+    ("patch", "/api/engines/99"),
+    ("delete", "/api/engines/99"),
+    ("get", "/api/engines/99999999999999999999999"),
+    ("get", "/api/nothing-here"),
+])
+def test_unknown_engine_or_route_is_a_json_404(client, method, path):
+    response = getattr(client, method)(path, json={"thrust": 1} if method == "patch" else None)
+    assert response.status_code == 404
+    assert response.is_json
+    assert response.get_json()["error"]
+
+
+def test_wrong_method_is_a_json_405(client):
+    response = client.put("/api/engines", json={"title": "x"})
+    assert response.status_code == 405
+    assert "error" in response.get_json()
+    assert "POST" in response.headers["Allow"]
+
+
+BAD_BODIES = [
+    # (body, field named in the error or None)
+    ({}, "title"),
+    ({"title": ""}, "title"),
+    ({"title": "   "}, "title"),
+    ({"title": "x" * 129}, "title"),
+    ({"title": None}, "title"),
+    ({"title": 12}, "title"),
+    ({"title": ["a"]}, "title"),
+    ({"title": "a\x00b"}, "title"),
+    ({"title": "line\nbreak"}, "title"),
+    ({"title": "tab\there"}, "title"),
+    ({"title": "del\x7fdel"}, "title"),
+    ({"title": "c1\x85c1"}, "title"),
+    ({"title": "sep\u2028sep"}, "title"),
+    ({"title": "ok", "thrust": True}, "thrust"),
+    ({"title": "ok", "thrust": False}, "thrust"),
+    ({"title": "ok", "thrust": 1.5}, "thrust"),
+    ({"title": "ok", "thrust": 1.0}, "thrust"),
+    ({"title": "ok", "thrust": "12"}, "thrust"),
+    ({"title": "ok", "thrust": None}, "thrust"),
+    ({"title": "ok", "thrust": -1}, "thrust"),
+    ({"title": "ok", "thrust": 2_147_483_648}, "thrust"),
+    ({"title": "ok", "thrust": 10**30}, "thrust"),
+    ({"title": "ok", "thrust": {"n": 1}}, "thrust"),
+    ({"title": "ok", "colour": "red"}, "colour"),
+    ({"title": "ok", "id": 7}, "id"),
+]
+
+
+@pytest.mark.parametrize("body, field", BAD_BODIES)
+def test_bad_fields_are_rejected_by_name(client, app, body, field):
+    response = post(client, body)
+    assert response.status_code == 400
+    error = response.get_json()
+    assert error["error"]
+    assert field in error["fields"]
+    assert error["fields"][field]
+    assert all_engines(app) == []
+
+
+@pytest.mark.parametrize("body, field", [(body, field) for body, field in BAD_BODIES if body])
+def test_bad_fields_in_a_patch_change_nothing(client, app, body, field):
+    post(client, {"title": "Main", "thrust": 5})
+    response = client.patch("/api/engines/1", json=body)
+    assert response.status_code == 400
+    assert field in response.get_json()["fields"]
+    assert all_engines(app) == [(1, "Main", 5)]
+
+
+def test_limits_are_inclusive(client):
+    assert post(client, {"title": "x" * 128, "thrust": 2_147_483_647}).status_code == 201
+    assert post(client, {"title": "y", "thrust": 0}).status_code == 201
+
+
+def test_empty_patch_is_rejected(client):
+    post(client, {"title": "Main"})
+    response = client.patch("/api/engines/1", json={})
+    assert response.status_code == 400
+    assert "Nothing to change" in response.get_json()["error"]
+
+
+@pytest.mark.parametrize("raw", [b"{", b"[1, 2]", b'"title"', b"null", b"12", b"", b"\xff\xfe", b"{'title': 'x'}",
+                                 b'{"title": "x", "thrust": NaN}', b"1" * 5000])
+def test_malformed_or_non_object_json_is_400(client, app, raw):
+    response = client.post("/api/engines", data=raw, content_type="application/json")
+    assert response.status_code == 400
+    assert response.get_json()["error"]
+    assert all_engines(app) == []
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x", "application/jsonx"])
+def test_write_without_json_content_type_is_415(client, app, content_type):
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = client.post("/api/engines", data=b'{"title": "x"}', headers=headers)
+    assert response.status_code == 415
+    assert "application/json" in response.get_json()["error"]
+    post(client, {"title": "Main"})
+    response = client.patch("/api/engines/1", data=b'{"title": "y"}', headers=headers)
+    assert response.status_code == 415
+    assert all_engines(app) == [(1, "Main", 0)]
+
+
+def test_json_with_charset_is_accepted(client):
+    response = client.post("/api/engines", data=b'{"title": "x"}',
+                           content_type="application/json; charset=utf-8")
+    assert response.status_code == 201
+
+
+def test_body_over_64_kib_is_413(client, app):
+    body = json.dumps({"title": "x" * (64 * 1024)})
+    response = client.post("/api/engines", data=body, content_type="application/json")
+    assert response.status_code == 413
+    assert "64 KiB" in response.get_json()["error"]
+    assert all_engines(app) == []
+
+
+# -- search ------------------------------------------------------------------
+
+SEARCH_TITLES = ["Ракета-носитель", "火箭发动机", "100% throttle", "under_score", r"back\slash",
+                 "plain", "<b>x</b>", "MAIN engine", "ΣΊΣΥΦΟΣ"]
+
+
+@pytest.mark.parametrize("q, expected", [
+    ("ракета", ["Ракета-носитель"]),
+    ("РАКЕТА", ["Ракета-носитель"]),
+    ("火箭", ["火箭发动机"]),
+    ("%", ["100% throttle"]),
+    ("_", ["under_score"]),
+    ("\\", [r"back\slash"]),
+    ("0%", ["100% throttle"]),
+    ("main", ["MAIN engine"]),
+    ("σίσυφος", ["ΣΊΣΥΦΟΣ"]),
+    ("<b>", ["<b>x</b>"]),
+    ("nothing like it", []),
+])
+def test_search_is_a_literal_case_insensitive_substring(client, app, q, expected):
+    add_engines(app, [{"title": t, "thrust": 0} for t in SEARCH_TITLES])
+    response = client.get("/api/engines", query_string={"q": q})
+    assert response.status_code == 200
+    body = response.get_json()
+    assert [e["title"] for e in body["engines"]] == expected
+    assert body["total"] == len(expected)
+
+
+def test_titles_come_back_exactly_as_stored(client):
+    for title in SEARCH_TITLES:
+        assert post(client, {"title": title}).get_json()["title"] == title
+
+
+# -- sort and pages ------------------------------------------------------------
+
+@pytest.fixture
+def thousand(app):
+    rows = [{"title": f"Engine {(i * 37) % 1000:03d}{'ab'[i % 2]}", "thrust": (i * 7) % 50} for i in range(1000)]
+    add_engines(app, rows)
+    return all_engines(app)
+
+
+def walk(client, url, total=1000):
+    seen, pages = [], 0
+    while url:
+        response = client.get(url)
+        assert response.status_code == 200
+        body = response.get_json()
+        assert body["total"] == total
+        seen += [(e["id"], e["title"], e["thrust"]) for e in body["engines"]]
+        url = body["next"]
+        pages += 1
+    return seen, pages
+
+
+@pytest.mark.parametrize("sort, key", [
+    ("id", lambda r: r[0]),
+    ("-id", lambda r: r[0]),
+    ("title", lambda r: (r[1].lower(), r[0])),
+    ("-title", lambda r: (r[1].lower(), r[0])),
+    ("thrust", lambda r: (r[2], r[0])),
+    ("-thrust", lambda r: (r[2], r[0])),
+])
+@pytest.mark.parametrize("per_page", [7, 50, 500])
+def test_next_walks_every_row_exactly_once_in_order(client, thousand, sort, key, per_page):
+    seen, pages = walk(client, f"/api/engines?sort={sort}&per_page={per_page}")
+    expected = sorted(thousand, key=key, reverse=sort.startswith("-"))
+    assert seen == expected
+    assert pages == -(-1000 // per_page)
+
+
+def test_next_is_an_absolute_url_that_keeps_the_query(client, thousand):
+    body = client.get("/api/engines?q=engine&sort=-thrust&per_page=10").get_json()
+    assert body["next"].startswith("http://localhost/api/engines?")
+    assert "q=engine" in body["next"] and "sort=-thrust" in body["next"] and "per_page=10" in body["next"]
+
+
+def test_default_page_is_fifty(client, thousand):
+    assert len(client.get("/api/engines").get_json()["engines"]) == 50
+
+
+def test_one_engine_a_page_walks_them_all(client, thousand):
+    seen, pages = walk(client, "/api/engines?sort=-thrust&per_page=1")
+    assert seen == sorted(thousand, key=lambda r: (r[2], r[0]), reverse=True)
+    assert pages == 1000
+
+
+def test_search_with_pages(client, thousand):
+    expected = [r for r in thousand if "9" in r[1]]
+    seen, _ = walk(client, "/api/engines?per_page=3&q=9", total=len(expected))
+    assert seen == expected
+
+
+@pytest.mark.parametrize("query, field", [
+    ("per_page=0", "per_page"),
+    ("per_page=501", "per_page"),
+    ("per_page=-1", "per_page"),
+    ("per_page=abc", "per_page"),
+    ("per_page=1.5", "per_page"),
+    ("per_page=%D9%A3", "per_page"),
+    ("sort=name", "sort"),
+    ("sort=--id", "sort"),
+    ("sort=-", "sort"),
+    ("sort=", "sort"),
+    ("after=!!!", "after"),
+    ("after=bm90IGpzb24", "after"),
+    ("after=WzEsMiwzXQ", "after"),
+    ("page=2", "page"),
+    ("q=a&q=b", "q"),
+    ("q=" + "x" * 129, "q"),
+    ("q=%00", "q"),
+])
+def test_bad_list_parameters_are_400(client, query, field):
+    response = client.get(f"/api/engines?{query}")
+    assert response.status_code == 400
+    assert field in response.get_json()["fields"]
+
+
+def test_a_cursor_from_another_sort_is_refused(client, thousand):
+    next_url = client.get("/api/engines?sort=title&per_page=2").get_json()["next"]
+    cursor = next_url.split("after=")[1].split("&")[0]
+    response = client.get(f"/api/engines?sort=thrust&after={cursor}")
+    assert response.status_code == 400
+    assert "after" in response.get_json()["fields"]
+
+
+def test_paging_does_not_skip_when_rows_are_deleted_between_pages(client, thousand):
+    first = client.get("/api/engines?per_page=10").get_json()
+    for engine in first["engines"]:
+        client.delete(f"/api/engines/{engine['id']}")
+    second = client.get(first["next"]).get_json()
+    assert second["engines"][0]["id"] == 11
