@@ -724,7 +724,8 @@ def serve(app: Flask, server, open_browser: bool) -> int:
     return 0
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python engines.py` (the README lists every flag)."""
     parser = argparse.ArgumentParser(
         prog="engines",
         description="Engines: keep the state of a spacecraft's engines.",
@@ -742,6 +743,11 @@ def parse_args(argv=None):
     parser.add_argument("--instance", metavar="DIR", default=None,
                         help="folder for the database and settings (default: $ENGINES_INSTANCE, "
                              "else instance/ next to engines.py)")
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.port is not None and not 0 <= args.port <= 65535:
         parser.error("--port must be from 0 to 65535")

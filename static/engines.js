@@ -20,7 +20,7 @@ async function setThrust(form) {
   const text = input.value.trim();
   error.textContent = "";
   form.classList.remove("saved");
-  if (!/^\d+$/.test(text)) {
+  if (!/^[+-]?\d+$/.test(text)) {
     error.textContent = "Thrust must be a whole number.";
     return;
   }

@@ -1,0 +1,34 @@
+"""The README cannot fall behind the code: every config key and flag is in it."""
+
+from __future__ import annotations
+
+import re
+
+import engines
+from conftest import ROOT
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_every_config_key_is_documented():
+    for key in engines.CONFIG_DEFAULTS:
+        assert f"`{key}`" in README, key
+
+
+def test_every_command_line_flag_is_documented():
+    parser_help = engines.build_parser().format_help()
+    flags = set(re.findall(r"(--[a-z-]+)", parser_help)) - {"--help"}
+    assert flags
+    for flag in flags:
+        assert f"`{flag}" in README, flag
+
+
+def test_every_flask_command_is_documented(app):
+    for name in app.cli.list_commands(None):
+        assert f"`{name}" in README, name
+
+
+def test_the_two_commands_come_first():
+    first_screen = README[:1500]
+    assert "engines.py" in first_screen and "tests/run" in first_screen
+    assert (ROOT / ".ci" / "run").read_text().strip().endswith("exec tests/run")
