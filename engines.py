@@ -10,7 +10,11 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
+import hmac
+import ipaddress
 import json
+import logging
 import os
 import secrets
 import signal
@@ -33,6 +37,7 @@ from flask import (
     redirect,
     render_template,
     request,
+    session,
     url_for,
 )
 from flask.cli import with_appcontext
@@ -41,8 +46,9 @@ from flask_wtf import FlaskForm
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from sqlalchemy import Integer, String, and_, event, func, or_, select
 from sqlalchemy.engine import Engine as SqlEngine
+from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Mapped, mapped_column
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
 from wtforms import StringField
 
 APP_NAME = "Engines"
@@ -56,6 +62,10 @@ DEFAULT_PER_PAGE = 50
 MAX_PER_PAGE = 500
 SORT_KEYS = ("id", "title", "thrust")
 SOURCE_DIR = Path(__file__).resolve().parent
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+BUSY_TIMEOUT_MS = 10_000
+
+log = logging.getLogger("engines")
 
 # ---------------------------------------------------------------------------
 # The model and its validation
@@ -278,6 +288,9 @@ CONFIG_DEFAULTS = {
     "SECRET_KEY": None,  # generated once into <instance>/secret_key
     "MAX_CONTENT_LENGTH": MAX_JSON_BODY,
     "PER_PAGE": DEFAULT_PER_PAGE,
+    "ALLOWED_HOSTS": [],  # more Host names to accept, e.g. "engines.lan" or "engines.lan:5000"
+    "REQUIRE_TOKEN": False,  # always on when serving off loopback
+    "TOKEN": None,  # the access token; generated when one is needed
 }
 
 
@@ -307,7 +320,7 @@ def make_instance_dir(path: Path) -> None:
             f"cannot create the instance folder {path}: {exc.strerror or exc}"
         ) from None
     if not os.access(path, os.W_OK | os.X_OK):
-        raise StartupError(f"the instance folder {path} is not writable")
+        raise StartupError(f"the instance folder {path} is not writable; choose another with --instance")
 
 
 def load_or_create_secret_key(instance_dir: Path) -> str:
@@ -328,17 +341,65 @@ def load_or_create_secret_key(instance_dir: Path) -> str:
 
 @event.listens_for(SqlEngine, "connect")
 def configure_sqlite_connection(dbapi_connection, connection_record):
-    """The one place a database connection is set up (SQLite only)."""
+    """The one place a database connection is set up (SQLite only).
+
+    WAL lets readers go on while one engine is written. synchronous=FULL
+    makes every acknowledged write survive a power cut, not only a crash of
+    Engines: a person's data is worth one fsync per change. The driver's own
+    transaction handling is switched off (isolation_level=None) so that
+    begin_sqlite_transaction below decides how each transaction begins.
+    """
     if type(dbapi_connection).__module__ != "sqlite3":
         return
+    dbapi_connection.isolation_level = None
     dbapi_connection.create_function(
         "engines_casefold", 1, lambda s: s.casefold() if isinstance(s, str) else s,
         deterministic=True,
     )
     cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA synchronous = FULL")
     cursor.execute("PRAGMA foreign_keys = ON")
-    cursor.execute("PRAGMA busy_timeout = 5000")
     cursor.close()
+
+
+@event.listens_for(SqlEngine, "begin")
+def begin_sqlite_transaction(connection):
+    """BEGIN IMMEDIATE for writes, so two writers queue on busy_timeout
+    instead of one failing with "database is locked" when its read
+    transaction tries to become a write; plain BEGIN for reads."""
+    if connection.dialect.name != "sqlite":
+        return
+    mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
+    connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def begin_write() -> None:
+    """Start the session's transaction as a write (see begin_sqlite_transaction)."""
+    if not db.session().in_transaction():
+        db.session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+
+
+def check_database(app: Flask) -> None:
+    """Open the database and make sure it is usable, or raise StartupError.
+
+    A damaged file, a file that is not SQLite, an unreadable one or one in a
+    read-only folder is reported with its path and left exactly as it is.
+    """
+    url = db.engine.url
+    where = url.database if url.get_backend_name() == "sqlite" else url.render_as_string(hide_password=True)
+    try:
+        with db.engine.connect() as connection:
+            if connection.dialect.name == "sqlite":
+                verdict = connection.exec_driver_sql("PRAGMA quick_check").scalar()
+                if verdict != "ok":
+                    raise StartupError(f"the database {where} is damaged ({verdict}); it was left as it is")
+            connection.rollback()
+        db.create_all()
+    except DatabaseError as exc:
+        reason = str(exc.orig) if exc.orig is not None else str(exc)
+        raise StartupError(f"cannot use the database {where}: {reason}; it was left as it is") from None
 
 
 def create_app(test_config: dict | None = None, instance_path=None) -> Flask:
@@ -366,9 +427,19 @@ def create_app(test_config: dict | None = None, instance_path=None) -> Flask:
     app.config.from_prefixed_env("ENGINES")
     if test_config:
         app.config.update(test_config)
+    refuse_werkzeug_server()
+    # The Werkzeug debugger runs code sent over HTTP: never, whatever the config says.
+    app.config["DEBUG"] = False
+    app.config["PROPAGATE_EXCEPTIONS"] = False
     if not app.config["SECRET_KEY"]:
         app.config["SECRET_KEY"] = load_or_create_secret_key(instance_dir)
+    if app.config["REQUIRE_TOKEN"] and not app.config["TOKEN"]:
+        app.config["TOKEN"] = secrets.token_urlsafe(32)
+    if app.config["TOKEN"] is not None:
+        app.config["TOKEN"] = str(app.config["TOKEN"])
+    app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict")
     app.json.sort_keys = False
+    app.json.ensure_ascii = False
 
     db.init_app(app)
     csrf.init_app(app)
@@ -378,12 +449,140 @@ def create_app(test_config: dict | None = None, instance_path=None) -> Flask:
     app.jinja_env.globals.update(max_thrust=MAX_THRUST, default_per_page=DEFAULT_PER_PAGE)
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(ValidationError, handle_validation_error)
+    app.register_error_handler(OperationalError, handle_database_error)
+    app.register_error_handler(Exception, handle_unexpected_error)
+    app.before_request(check_host)
+    app.before_request(check_token)
+    app.before_request(check_origin)
+    app.before_request(begin_writes_immediately)
+    app.after_request(add_security_headers)
     app.cli.add_command(init_db_command)
     app.cli.add_command(seed_command)
 
     with app.app_context():
-        db.create_all()
+        check_database(app)
     return app
+
+
+# ---------------------------------------------------------------------------
+# Guarding a server on the user's own machine
+# ---------------------------------------------------------------------------
+
+
+def refuse_werkzeug_server() -> None:
+    """`flask run` serves with Werkzeug, whose debugger runs code sent over
+    HTTP and which skips the Host check of serve(): Engines refuses it."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.info_name == "run":
+        raise click.UsageError("Engines is served by `python engines.py` (waitress), never by `flask run`.")
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address that only this machine can reach."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def token_required(host: str, config) -> bool:
+    """Off loopback, anyone on the network could reach the server: a token
+    is required there, and wherever REQUIRE_TOKEN says so."""
+    return bool(config["REQUIRE_TOKEN"]) or not is_loopback(host)
+
+
+def guard_server(app: Flask, host: str, port: int) -> None:
+    """Tell the app the address it is served on: its Host allowlist, and the
+    access token when one is required."""
+    names = {host.lower(), f"[{host.lower()}]"}
+    if is_loopback(host):
+        names |= {"127.0.0.1", "localhost", "[::1]"}
+    elif ipaddress.ip_address(host).is_unspecified:
+        # Listening on every interface: this machine's names and addresses.
+        names |= {"127.0.0.1", "localhost", "[::1]", socket.gethostname().lower(), socket.getfqdn().lower()}
+        with contextlib.suppress(OSError):
+            names |= {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
+    app.config["SERVED_HOSTS"] = frozenset(f"{name}:{port}" for name in names)
+    if token_required(host, app.config):
+        app.config["REQUIRE_TOKEN"] = True
+        app.config["TOKEN"] = app.config["TOKEN"] or secrets.token_urlsafe(32)
+
+
+def check_host():
+    """Refuse a Host the server was not started on: a DNS-rebinding page
+    (evil.example resolving to 127.0.0.1) would otherwise read the answers."""
+    served = current_app.config.get("SERVED_HOSTS")
+    if not served:
+        return None
+    host = request.headers.get("Host", "").lower()
+    extra = {h.lower() for h in current_app.config["ALLOWED_HOSTS"]}
+    if host not in served and host not in extra and host.rpartition(":")[0] not in extra:
+        abort(400, description=f"This server does not answer to the host name {host[:100]!r}.")
+    return None
+
+
+def check_token():
+    """With a token required: the token once (in the URL or an
+    Authorization: Bearer header), then the session cookie carries on."""
+    if not current_app.config["REQUIRE_TOKEN"]:
+        return None
+    token = current_app.config["TOKEN"]
+    if session.get("token") == token:
+        return None
+    bearer = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    given = request.args.get("token") or bearer
+    if not given or not hmac.compare_digest(given.encode(), token.encode()):
+        abort(401, description="This Engines server needs its access token: open the URL it printed.")
+    if bearer and not request.args.get("token"):
+        return None
+    session["token"] = token
+    if request.method == "GET" and not wants_json():
+        # Drop the token from the address bar, history and bookmarks.
+        args = {k: v for k, v in request.args.items(multi=True) if k != "token"}
+        return redirect(url_for(request.endpoint, **(request.view_args or {}), **args))
+    return None
+
+
+def check_origin():
+    """Refuse writes a browser sends from another site or origin (CSRF on
+    the API too: any page may post form or text/plain bodies to 127.0.0.1).
+    Scripts send neither header and keep working.
+
+    With `Referrer-Policy: no-referrer` browsers send `Origin: null` even on
+    the app's own form posts, so `Sec-Fetch-Site: same-origin` vouches for
+    those; another port on localhost is "same-site" but not the same origin.
+    """
+    if request.method not in WRITE_METHODS:
+        return None
+    site = request.headers.get("Sec-Fetch-Site")
+    origin = request.headers.get("Origin")
+    own = f"{request.scheme}://{request.host}"
+    if site is not None and site not in ("same-origin", "none"):
+        abort(403, description="Writes from another site are refused.")
+    if origin is not None and origin != own and not (origin == "null" and site == "same-origin"):
+        abort(403, description="Writes from another site are refused.")
+    return None
+
+
+def begin_writes_immediately():
+    if request.method in WRITE_METHODS:
+        begin_write()
+
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+
+def add_security_headers(response):
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Frame-Options"] = "DENY"
+    return response
 
 
 # ---------------------------------------------------------------------------
@@ -631,6 +830,23 @@ def handle_http_error(exc: HTTPException):
     return render_template("error.html", error=exc), exc.code or 500
 
 
+def handle_database_error(exc: OperationalError):
+    """A write the database refused (disk full, locked too long, read-only):
+    503 for this request, nothing half-written, the server stays up."""
+    db.session.rollback()
+    log.error("database error on %s %s: %s", request.method, request.path, exc.orig)
+    reason = str(exc.orig) if exc.orig is not None else "the database is unavailable"
+    error = ServiceUnavailable(f"The database could not do this ({reason}); nothing was changed.")
+    return handle_http_error(error)
+
+
+def handle_unexpected_error(exc: Exception):
+    """A bug: log it, undo the request's changes, answer without a traceback."""
+    db.session.rollback()
+    log.exception("unexpected error on %s %s", request.method, request.path)
+    return handle_http_error(InternalServerError("Something went wrong inside Engines; nothing was changed."))
+
+
 def handle_validation_error(exc: ValidationError):
     body = {"error": exc.message}
     if exc.fields:
@@ -686,17 +902,23 @@ def make_server(app: Flask, host: str, port: int | None):
     if port is None:
         port = DEFAULT_PORT if port_is_free(host, DEFAULT_PORT) else 0
     try:
-        return create_server(app, host=host, port=port, threads=8, ident=APP_NAME)
+        server = create_server(app, host=host, port=port, threads=8, ident=APP_NAME)
     except OSError as exc:
         reason = "the port is already in use" if exc.errno in (98, 48, 10048) else exc.strerror or str(exc)
         raise StartupError(f"cannot listen on {host}:{port}: {reason}") from None
+    guard_server(app, host, server.effective_port)
+    return server
 
 
-def server_url(server) -> str:
+def server_url(app: Flask, server) -> str:
+    """The URL to open: with the access token when one is required."""
     host = server.effective_host
-    if ":" in host:
+    if ipaddress.ip_address(host).is_unspecified:
+        host = socket.gethostname()
+    elif ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{server.effective_port}/"
+    url = f"http://{host}:{server.effective_port}/"
+    return f"{url}?token={app.config['TOKEN']}" if app.config["REQUIRE_TOKEN"] else url
 
 
 def serve(app: Flask, server, open_browser: bool) -> int:
@@ -706,7 +928,10 @@ def serve(app: Flask, server, open_browser: bool) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    url = server_url(server)
+    url = server_url(app, server)
+    if not is_loopback(server.effective_host):
+        print(f"engines: warning: listening on {server.effective_host}, reachable from other machines; "
+              "every request needs the access token shown in the URL below.", file=sys.stderr, flush=True)
     print(f"Engines is running at {url}  (Ctrl-C to stop)", flush=True)
     if open_browser:
         threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
@@ -756,6 +981,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = create_app(instance_path=args.instance)
         server = make_server(app, args.host, args.port)

@@ -92,7 +92,7 @@ class LiveServer:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, **(env or {})},
         )
-        line = self.process.stdout.readline()
+        line = self.first_line = self.process.stdout.readline()
         match = re.search(r"(http://127\.0\.0\.1:\d+)/", line)
         if not match:
             self.process.kill()

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import engines
 from conftest import add_engines, all_engines
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40)
@@ -42,6 +44,19 @@ fuzz = settings(max_examples=150, suppress_health_check=[HealthCheck.function_sc
                                                          HealthCheck.too_slow])
 
 
+@pytest.fixture
+def served_client(app):
+    """The test client of an app that believes it is served on 127.0.0.1:5000,
+    so that the Host check and the Origin check are on."""
+    engines.guard_server(app, "127.0.0.1", 5000)
+    client = app.test_client()
+
+    def open_served(path, **kwargs):
+        return client.open(path, base_url="http://127.0.0.1:5000", **kwargs)
+
+    return open_served, app
+
+
 def seeded(app):
     if not all_engines(app):
         add_engines(app, [{"title": "Main", "thrust": 10}, {"title": "Spare", "thrust": 0}])
@@ -60,7 +75,8 @@ def assert_refused(response, before, app):
 def test_bad_engine_fields_are_refused_and_change_nothing(client, app, body, target):
     before = seeded(app)
     url = "/api/engines" if target == "post" else "/api/engines/1"
-    response = client.open(url, method=target.upper(), json=body)
+    # json.dumps escapes lone surrogates as \ud800, as a real client would.
+    response = client.open(url, method=target.upper(), data=json.dumps(body), content_type="application/json")
     assert_refused(response, before, app)
     assert response.status_code == 400
     assert response.get_json()["fields"]
@@ -120,3 +136,48 @@ def test_no_request_ever_gets_a_5xx(client, app, method, path, body):
     assert response.status_code < 500
     if response.status_code >= 400:
         assert all_engines(app) == before
+
+
+# -- every route, any request ---------------------------------------------------------------
+
+ids = st.sampled_from(["1", "2", "0", "-1", "99", "2147483648", "99999999999999999999999", "abc", "1.5", "%00", "１"])
+paths = st.one_of(
+    st.sampled_from(["/", "/engines", "/api/health", "/api/engines", "/api/", "/static/engines.css", "/nowhere"]),
+    ids.map(lambda i: f"/engines/{i}/edit"), ids.map(lambda i: f"/engines/{i}/delete"),
+    ids.map(lambda i: f"/engines/{i}/thrust"), ids.map(lambda i: f"/api/engines/{i}"),
+)
+header_values = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
+headers = st.dictionaries(
+    st.sampled_from(["Origin", "Sec-Fetch-Site", "Content-Type", "Accept", "Authorization", "If-Match",
+                     "X-Forwarded-For", "Referer", "Cookie", "Range"]),
+    header_values | st.sampled_from(["application/json", "http://127.0.0.1:5000", "same-origin", "cross-site",
+                                     "null", "multipart/form-data; boundary=x", "text/plain"]),
+    max_size=4,
+)
+form_fields = st.dictionaries(st.sampled_from(["title", "thrust", "csrf_token", "next", "x"]),
+                              st.text(max_size=60), max_size=4)
+query_strings = st.dictionaries(st.sampled_from(["q", "sort", "per_page", "after", "next", "token", "z"]),
+                                st.text(max_size=20), max_size=3)
+
+
+@fuzz
+@given(method=st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE"]),
+       path=paths, headers=headers, query=query_strings,
+       body=st.none() | form_fields | json_values.map(lambda v: json.dumps(v).encode()) | st.binary(max_size=300))
+def test_any_request_to_any_route_never_gets_a_5xx_or_changes_data_when_refused(
+        served_client, method, path, headers, query, body):
+    open_served, app = served_client
+    before = seeded(app)
+    response = open_served(path, method=method, headers=headers, query_string=query, data=body)
+    assert response.status_code < 500, response.get_data(as_text=True)
+    if response.status_code >= 400:
+        assert all_engines(app) == before
+
+
+@fuzz
+@given(host=st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=30))
+def test_any_host_header_is_answered_by_name_or_refused_with_400(served_client, host):
+    open_served, app = served_client
+    response = open_served("/api/health", headers={"Host": host})
+    expected = 200 if host.lower() in {"127.0.0.1:5000", "localhost:5000", "[::1]:5000"} else 400
+    assert response.status_code == expected

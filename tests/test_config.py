@@ -91,17 +91,6 @@ def test_importing_engines_creates_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_secret_key_is_generated_once_and_private(tmp_path):
-    first = engines.create_app(instance_path=tmp_path / "i")
-    key_file = tmp_path / "i" / "secret_key"
-    assert key_file.stat().st_mode & 0o777 == 0o600
-    second = engines.create_app(instance_path=tmp_path / "i")
-    assert first.secret_key == second.secret_key
-    assert len(first.secret_key) == 64
-    assert first.secret_key in key_file.read_text()
-    assert first.secret_key not in (ROOT / "engines.py").read_text()
-
-
 def test_flask_cli_init_db_and_seed(runner, app):
     result = runner.invoke(args=["init-db"])
     assert result.exit_code == 0 and "Database ready" in result.output
