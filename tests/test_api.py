@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 
@@ -13,6 +14,13 @@ def post(client, body, **kwargs):
     return client.post("/api/engines", json=body, **kwargs)
 
 
+def changed_at(engine: dict) -> datetime:
+    """An engine's updated_at, which must be ISO 8601 in UTC."""
+    moment = datetime.fromisoformat(engine["updated_at"])
+    assert moment.utcoffset().total_seconds() == 0
+    return moment
+
+
 def test_health_says_ok(client):
     response = client.get("/api/health")
     assert response.status_code == 200
@@ -20,19 +28,25 @@ def test_health_says_ok(client):
 
 
 def test_create_read_update_delete_round_trip(client, app):
+    before = datetime.now(UTC)
     created = post(client, {"title": "  Main  ", "thrust": 1200})
     assert created.status_code == 201
     engine = created.get_json()
-    assert engine == {"id": 1, "title": "Main", "thrust": 1200}
+    assert engine == {"id": 1, "title": "Main", "thrust": 1200, "version": 1, "updated_at": engine["updated_at"]}
+    assert before <= changed_at(engine) <= datetime.now(UTC)
     assert created.headers["Location"] == "/api/engines/1"
 
     assert client.get("/api/engines/1").get_json() == engine
 
     patched = client.patch("/api/engines/1", json={"thrust": 0})
     assert patched.status_code == 200
-    assert patched.get_json() == {"id": 1, "title": "Main", "thrust": 0}
+    thrust_set = patched.get_json()
+    assert thrust_set == {"id": 1, "title": "Main", "thrust": 0, "version": 2, "updated_at": thrust_set["updated_at"]}
+    assert changed_at(thrust_set) > changed_at(engine)
     patched = client.patch("/api/engines/1", json={"title": "Main engine"})
-    assert patched.get_json() == {"id": 1, "title": "Main engine", "thrust": 0}
+    renamed = patched.get_json()
+    assert renamed == {"id": 1, "title": "Main engine", "thrust": 0, "version": 3, "updated_at": renamed["updated_at"]}
+    assert changed_at(renamed) > changed_at(thrust_set)
     assert all_engines(app) == [(1, "Main engine", 0)]
 
     deleted = client.delete("/api/engines/1")
@@ -54,9 +68,10 @@ def test_ids_of_deleted_engines_are_never_reused(client):
 
 
 def test_list_shape(client):
-    post(client, {"title": "Main", "thrust": 3})
+    created = post(client, {"title": "Main", "thrust": 3}).get_json()
     body = client.get("/api/engines").get_json()
-    assert body == {"engines": [{"id": 1, "title": "Main", "thrust": 3}], "total": 1, "next": None}
+    assert body == {"engines": [{"id": 1, "title": "Main", "thrust": 3, "version": 1,
+                                 "updated_at": created["updated_at"]}], "total": 1, "next": None}
 
 
 @pytest.mark.parametrize("method, path", [

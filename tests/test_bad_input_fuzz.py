@@ -34,7 +34,8 @@ def bad_engine_bodies(draw):
     if kind in ("thrust", "both"):
         body["thrust"] = draw(bad_thrusts)
     if kind == "unknown":
-        body[draw(st.text(min_size=1, max_size=10).filter(lambda k: k not in ("title", "thrust")))] = draw(json_values)
+        body[draw(st.text(min_size=1, max_size=10).filter(lambda k: k not in ("title", "thrust", "version")))] \
+            = draw(json_values)
     return body
 
 
