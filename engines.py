@@ -741,6 +741,7 @@ def create_app(test_config: dict | None = None, instance_path=None) -> Flask:
     app.cli.add_command(restore_command)
     app.cli.add_command(export_command)
     app.cli.add_command(import_command)
+    app.cli.add_command(new_revision_command)
 
     with app.app_context():
         prepare_database()
@@ -1482,6 +1483,22 @@ def import_command(file: Path):
                 raise click.ClickException(rejected.report()) from None
             bar.update(lines - bar.pos)
     click.echo(f"Imported {count:,} engine{'' if count == 1 else 's'}.")
+
+
+@click.command("new-revision")
+@click.argument("message")
+@with_appcontext
+def new_revision_command(message: str):
+    """Write the next revision into migrations/versions/: what changes the
+    database (at the newest revision) into the model, for you to review;
+    then raise SCHEMA_REVISION to it."""
+    from alembic import command
+
+    with db.engine.connect() as connection, connection.begin():
+        config, script = migrations(connection)
+        written = command.revision(config, message, autogenerate=True,
+                                   rev_id=str(int(script.get_current_head()) + 1))
+    click.echo(f"Wrote {written.path}")
 
 
 # ---------------------------------------------------------------------------
