@@ -1261,7 +1261,7 @@ def expected_version(from_body: int | None) -> int | None:
     if len(strong) != 1 or request.if_match.as_set(include_weak=True) != strong:
         raise ValidationError({"If-Match": problem}, "Bad If-Match header.")
     try:
-        from_header = check_version(integer_from_text(strong.pop()))
+        from_header = check_version(integer_from_text(strong.pop() or ""))  # Werkzeug reads "" as None
     except ValueError:
         raise ValidationError({"If-Match": problem}, "Bad If-Match header.") from None
     if from_body is not None and from_body != from_header:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+import engines
 from conftest import SEARCH_CASES, SEARCH_TITLES, add_engines, all_engines
 
 
@@ -309,3 +310,120 @@ def test_paging_does_not_skip_when_rows_are_deleted_between_pages(client, thousa
         client.delete(f"/api/engines/{engine['id']}")
     second = client.get(first["next"]).get_json()
     assert second["engines"][0]["id"] == 11
+
+
+# -- versions: edits that never overwrite blindly ------------------------------
+
+def test_an_engine_is_sent_with_its_version_as_etag(client):
+    assert post(client, {"title": "Main"}).headers["ETag"] == '"1"'
+    client.patch("/api/engines/1", json={"thrust": 5})
+    response = client.get("/api/engines/1")
+    assert response.headers["ETag"] == '"2"' and response.get_json()["version"] == 2
+
+
+def test_a_patch_that_changes_nothing_keeps_the_version(client):
+    engine = post(client, {"title": "Main", "thrust": 5}).get_json()
+    assert client.patch("/api/engines/1", json={"thrust": 5}).get_json() == engine
+
+
+@pytest.mark.parametrize("headers, body", [
+    ({"If-Match": '"2"'}, {"thrust": 9}),
+    ({"If-Match": "2"}, {"thrust": 9}),
+    ({"If-Match": ' "2" '}, {"thrust": 9}),
+    ({"If-Match": "*"}, {"thrust": 9}),
+    ({}, {"thrust": 9, "version": 2}),
+    ({"If-Match": '"2"'}, {"thrust": 9, "version": 2}),
+])
+def test_a_change_based_on_the_current_version_is_saved(client, app, headers, body):
+    post(client, {"title": "Main", "thrust": 1})
+    client.patch("/api/engines/1", json={"thrust": 2})
+    response = client.patch("/api/engines/1", json=body, headers=headers)
+    assert response.status_code == 200
+    assert response.get_json()["version"] == 3 and response.headers["ETag"] == '"3"'
+    assert all_engines(app) == [(1, "Main", 9)]
+
+
+@pytest.mark.parametrize("headers, body", [
+    ({"If-Match": '"1"'}, {"thrust": 9}),
+    ({"If-Match": "1"}, {"title": "Mine"}),
+    ({}, {"thrust": 9, "version": 1}),
+])
+def test_a_change_based_on_an_older_version_is_409_with_the_engine_as_it_is_now(client, app, headers, body):
+    post(client, {"title": "Main", "thrust": 1})
+    theirs = client.patch("/api/engines/1", json={"title": "Theirs", "thrust": 2}).get_json()
+    response = client.patch("/api/engines/1", json=body, headers=headers)
+    assert response.status_code == 409
+    answer = response.get_json()
+    assert answer["engine"] == theirs
+    assert "changed by someone else since you read it: it is now at version 2" in answer["error"]
+    assert response.headers["ETag"] == '"2"'
+    assert all_engines(app) == [(1, "Theirs", 2)]
+
+
+def test_a_delete_based_on_an_older_version_is_409_and_deletes_nothing(client, app):
+    post(client, {"title": "Main"})
+    client.patch("/api/engines/1", json={"thrust": 2})
+    response = client.delete("/api/engines/1", headers={"If-Match": '"1"'})
+    assert response.status_code == 409
+    assert response.get_json()["engine"]["version"] == 2
+    assert all_engines(app) == [(1, "Main", 2)]
+    assert client.delete("/api/engines/1", headers={"If-Match": '"2"'}).status_code == 204
+    assert all_engines(app) == []
+
+
+@pytest.mark.parametrize("if_match", ['W/"1"', '"1", "2"', '"one"', '"0"', '"-1"', '"1.5"', '""', '"',
+                                      '"99999999999999999999"'])
+@pytest.mark.parametrize("method", ["patch", "delete"])
+def test_an_if_match_that_is_not_one_version_is_400(client, app, if_match, method):
+    post(client, {"title": "Main"})
+    response = getattr(client, method)("/api/engines/1", json={"thrust": 3} if method == "patch" else None,
+                                        headers={"If-Match": if_match})
+    assert response.status_code == 400
+    assert 'If-Match: "3"' in response.get_json()["fields"]["If-Match"]
+    assert all_engines(app) == [(1, "Main", 0)]
+
+
+@pytest.mark.parametrize("version", ["1", 0, -1, True, 1.5, None, [1], 2**31])
+def test_a_version_that_is_not_a_whole_number_from_1_is_400(client, app, version):
+    post(client, {"title": "Main"})
+    response = client.patch("/api/engines/1", json={"thrust": 3, "version": version})
+    assert response.status_code == 400
+    assert "Version must be a whole number" in response.get_json()["fields"]["version"]
+    assert all_engines(app) == [(1, "Main", 0)]
+
+
+def test_if_match_and_version_must_name_the_same_version(client, app):
+    post(client, {"title": "Main"})
+    response = client.patch("/api/engines/1", json={"thrust": 3, "version": 1}, headers={"If-Match": '"2"'})
+    assert response.status_code == 400
+    assert "another version" in response.get_json()["fields"]["version"]
+
+
+def test_a_version_alone_is_nothing_to_change(client):
+    post(client, {"title": "Main"})
+    response = client.patch("/api/engines/1", json={"version": 1})
+    assert response.status_code == 400
+    assert "Nothing to change" in response.get_json()["error"]
+
+
+def test_a_new_engine_cannot_be_given_a_version(client, app):
+    response = post(client, {"title": "Main", "version": 7})
+    assert response.status_code == 400
+    assert response.get_json()["fields"] == {"version": "Unknown field."}
+    assert all_engines(app) == []
+
+
+def test_a_write_between_reading_and_saving_an_engine_is_a_conflict_not_lost(client, app):
+    """Someone else's change lands after the engine was read for an edit and
+    before the edit is saved: the save fails instead of overwriting it."""
+    post(client, {"title": "Main", "thrust": 1})
+    with app.test_request_context():
+        engine = engines.get_engine_or_404(1)
+        with engines.db.engine.begin() as other_writer:
+            other_writer.execute(engines.Engine.__table__.update().values(thrust=99, version=2))
+        engine.thrust = 5
+        with pytest.raises(engines.EditConflict) as conflict:
+            engines.commit_engine_change(1)
+        assert (conflict.value.engine.thrust, conflict.value.engine.version) == (99, 2)
+        engines.db.session.remove()
+    assert all_engines(app) == [(1, "Main", 99)]

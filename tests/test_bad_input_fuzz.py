@@ -121,3 +121,16 @@ def test_no_request_ever_gets_a_5xx(client, app, method, path, body):
     assert response.status_code < 500
     if response.status_code >= 400:
         assert all_engines(app) == before
+
+
+@fuzz
+@given(if_match=st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=24),
+       method=st.sampled_from(["PATCH", "DELETE"]))
+def test_any_if_match_header_gets_a_clear_answer(client, app, if_match, method):
+    before = seeded(app)
+    response = client.open("/api/engines/2", method=method, json={"thrust": 3} if method == "PATCH" else None,
+                           headers={"If-Match": if_match})
+    assert response.status_code in (200, 204, 400, 404, 409)
+    if response.status_code >= 400:
+        assert response.get_json()["error"]
+        assert all_engines(app) == before
