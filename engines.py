@@ -1202,6 +1202,7 @@ def import_file():
     try:
         count = import_engines(upload.stream)
     except ImportRejected as rejected:
+        flash(f"Nothing was imported from “{upload.filename}”: the problems are listed under Import, below.", "error")
         return render_list(EngineForm(formdata=None), status=400, rejected=rejected)
     flash(f"Imported {count:,} engine{'' if count == 1 else 's'} from “{upload.filename}”.", "success")
     return redirect(url_for("pages.index"))
