@@ -88,6 +88,7 @@ EXPORT_FIELDS = ("id", "title", "thrust", "version", "updated_at")
 EXPORT_BATCH = 1000  # engines read at a time while an export streams
 IMPORT_BATCH = 5000  # engines checked and inserted at a time
 IMPORT_ERRORS_SHOWN = 10
+FILE_TIME = "%Y%m%dT%H%M%SZ"  # UTC, in the names of backups and exports
 SOURCE_DIR = Path(__file__).resolve().parent
 
 # ---------------------------------------------------------------------------
@@ -460,9 +461,9 @@ def csv_rows(file):
     reader = csv.reader(lines(), strict=True)
     try:
         columns = [name.strip() for name in next(reader, [])]
-        unknown = [name for name in columns if name not in IMPORT_CHECKS]
         if not columns:
             raise refuse_file("the file is empty; a CSV import starts with its column names.", 1)
+        unknown = [name for name in columns if name not in IMPORT_CHECKS]
         if unknown:
             raise refuse_file(f"unknown column “{unknown[0][:64]}”; the columns are {', '.join(EXPORT_FIELDS)}.", 1)
         if len(set(columns)) < len(columns) or "title" not in columns:
@@ -499,7 +500,8 @@ def json_rows(file):
     position = start.end()
     line = 1 + text.count("\n", 0, position)
     closed = text.startswith("]", position)
-    position += closed
+    if closed:
+        position += 1
     while not closed:
         try:
             value, end = decoder.raw_decode(text, position)
@@ -856,7 +858,7 @@ def backups_dir() -> Path:
 
 
 def backup_name(label: str) -> str:
-    return f"engines-{utcnow():%Y%m%dT%H%M%SZ}-{label}.sqlite3"
+    return f"engines-{utcnow().strftime(FILE_TIME)}-{label}.sqlite3"
 
 
 def copy_sqlite_database(source: sqlite3.Connection, target: Path) -> None:
@@ -1243,10 +1245,14 @@ def read_json_object():
     return data
 
 
+def etag(engine: Engine) -> str:
+    """The engine's version as a strong ETag ("3"), the value If-Match takes back."""
+    return f'"{engine.version}"'
+
+
 def engine_response(engine: Engine, status: int = 200, headers: dict | None = None):
-    """The engine as JSON, with its version as a strong ETag ("3"), the
-    value If-Match takes back."""
-    return engine.to_json(), status, {"ETag": f'"{engine.version}"', **(headers or {})}
+    """The engine as JSON, with its ETag."""
+    return engine.to_json(), status, {"ETag": etag(engine), **(headers or {})}
 
 
 def expected_version(from_body: int | None) -> int | None:
@@ -1330,7 +1336,7 @@ def api_delete_engine(engine_id: int):
 def api_export(fmt: str):
     """Every engine as a CSV or JSON download, streamed a batch at a time."""
     mimetype = "text/csv" if fmt == "csv" else "application/json"
-    disposition = f'attachment; filename="engines-{utcnow():%Y%m%dT%H%M%SZ}.{fmt}"'
+    disposition = f'attachment; filename="engines-{utcnow().strftime(FILE_TIME)}.{fmt}"'
     return current_app.response_class(stream_with_context(export_chunks(fmt)), mimetype=mimetype,
                                       headers={"Content-Disposition": disposition})
 
@@ -1397,10 +1403,8 @@ def handle_validation_error(exc: ValidationError):
 
 def handle_edit_conflict(exc: EditConflict):
     if wants_json():
-        response = jsonify(error=f"{exc} Read it again and base your change on that version.",
-                           engine=exc.engine.to_json())
-        response.headers["ETag"] = f'"{exc.engine.version}"'
-        return response, 409
+        body = {"error": f"{exc} Read it again and base your change on that version.", "engine": exc.engine.to_json()}
+        return body, 409, {"ETag": etag(exc.engine)}
     return render_template("error.html", error=Conflict(f"{exc} Go back, reload and try again.")), 409
 
 
