@@ -869,6 +869,8 @@ def copy_sqlite_database(source: sqlite3.Connection, target: Path) -> None:
     try:
         with closing(sqlite3.connect(partial)) as copy:
             source.backup(copy)
+            # One self-contained file, even when the database is in WAL mode.
+            copy.execute("PRAGMA journal_mode = DELETE")
         partial.replace(target)
     finally:
         partial.unlink(missing_ok=True)

@@ -213,3 +213,15 @@ def test_restore_while_engines_is_serving_the_database(tmp_path):
         assert titles == [engine["title"] for engine in ENGINES]
     finally:
         assert server.stop() == 0
+
+
+def test_a_backup_of_a_database_in_wal_mode_is_one_self_contained_file(tmp_path):
+    instance = tmp_path / "instance"
+    app = engines.create_app({"TESTING": True}, instance_path=instance)
+    add_engines(app, ENGINES)
+    with closing(sqlite3.connect(database(instance))) as connection:
+        assert connection.execute("PRAGMA journal_mode = WAL").fetchone() == ("wal",)
+    assert app.test_cli_runner().invoke(args=["backup"]).exit_code == 0
+    [backup] = backups(instance)
+    assert backup.read_bytes()[18:20] == b"\x01\x01", "a rollback-journal database, not WAL"
+    assert rows_of(backup) == all_engines(app)
