@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-import engines
 from conftest import SEARCH_CASES, SEARCH_TITLES, add_engines, all_engines
 
 
@@ -412,18 +411,3 @@ def test_a_new_engine_cannot_be_given_a_version(client, app):
     assert response.get_json()["fields"] == {"version": "Unknown field."}
     assert all_engines(app) == []
 
-
-def test_a_write_between_reading_and_saving_an_engine_is_a_conflict_not_lost(client, app):
-    """Someone else's change lands after the engine was read for an edit and
-    before the edit is saved: the save fails instead of overwriting it."""
-    post(client, {"title": "Main", "thrust": 1})
-    with app.test_request_context():
-        engine = engines.get_engine_or_404(1)
-        with engines.db.engine.begin() as other_writer:
-            other_writer.execute(engines.Engine.__table__.update().values(thrust=99, version=2))
-        engine.thrust = 5
-        with pytest.raises(engines.EditConflict) as conflict:
-            engines.commit_engine_change(1)
-        assert (conflict.value.engine.thrust, conflict.value.engine.version) == (99, 2)
-        engines.db.session.remove()
-    assert all_engines(app) == [(1, "Main", 99)]

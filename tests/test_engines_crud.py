@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import re
-import sqlite3
-from contextlib import closing
 
 import pytest
-from sqlalchemy import event
-from sqlalchemy.engine import Engine as SqlEngine
 
 from conftest import add_engines, all_engines, csrf_token
 
@@ -216,30 +212,3 @@ def test_the_page_offers_export_import_and_backups(client):
                   "Download a backup", "backups"):
         assert offer in page
 
-
-@pytest.fixture
-def someone_else_writes_first(app, instance_dir):
-    """Just before Engines writes an engine, another program commits a change
-    to it through a connection of its own: the write that crosses ours."""
-
-    def cross(connection, cursor, statement, parameters, context, executemany):
-        if statement.startswith(("UPDATE engine", "DELETE FROM engine")) and not crossed:
-            crossed.append(statement)
-            with closing(sqlite3.connect(instance_dir / "engines.sqlite3")) as other:
-                other.execute("UPDATE engine SET title = 'Theirs', version = version + 1")
-                other.commit()
-
-    crossed: list[str] = []
-    event.listen(SqlEngine, "before_cursor_execute", cross)
-    yield crossed
-    event.remove(SqlEngine, "before_cursor_execute", cross)
-
-
-@pytest.mark.parametrize("url, data", [("/engines/1/thrust", {"thrust": "9"}), ("/engines/1/delete", {})])
-def test_a_page_write_that_crosses_another_is_refused_not_lost(client, app, someone_else_writes_first, url, data):
-    add_engines(app, [{"title": "Main", "thrust": 1}])
-    response = form_post(client, url, data)
-    assert someone_else_writes_first, "the other write happened"
-    assert response.status_code == 409
-    assert "was changed by someone else since you read it" in response.get_data(as_text=True)
-    assert all_engines(app) == [(1, "Theirs", 1)]

@@ -7,10 +7,18 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
-from sqlalchemy import create_engine, inspect, make_url, text
+from sqlalchemy import create_engine, event, inspect, make_url, text
+from sqlalchemy.engine import Engine as SqlEngine
 
 import engines
-from conftest import SEARCH_CASES, SEARCH_TITLES, all_engines, make_revision_1_database, revision_1_rows
+from conftest import (
+    SEARCH_CASES,
+    SEARCH_TITLES,
+    all_engines,
+    csrf_token,
+    make_revision_1_database,
+    revision_1_rows,
+)
 
 
 def schema(url: str) -> dict:
@@ -150,3 +158,53 @@ def test_backup_and_restore_on_postgresql_say_to_use_pg_dump(pg_app, tmp_path):
     assert response.status_code == 501 and "pg_dump" in response.get_json()["error"]
     page = client.get("/").get_data(as_text=True)
     assert "pg_dump" in page and "Back up now" not in page
+
+
+# A write that lands between Engines reading an engine and writing it: real on
+# PostgreSQL, where a transaction reads without locking (READ COMMITTED).
+
+@pytest.fixture
+def someone_else_writes_first(pg_url):
+    """Just before Engines writes an engine, another program commits a
+    change to it through a connection of its own."""
+    other = create_engine(pg_url)
+    crossed: list[str] = []
+
+    def cross(connection, cursor, statement, parameters, context, executemany):
+        if statement.startswith(("UPDATE engine", "DELETE FROM engine")) and connection.engine is not other \
+                and not crossed:
+            crossed.append(statement)
+            with other.begin() as writer:
+                writer.execute(text("UPDATE engine SET title = 'Theirs', version = version + 1"))
+
+    event.listen(SqlEngine, "before_cursor_execute", cross)
+    yield crossed
+    event.remove(SqlEngine, "before_cursor_execute", cross)
+    other.dispose()
+
+
+@pytest.mark.parametrize("method, url, body", [("PATCH", "/api/engines/1", {"thrust": 9}),
+                                                ("DELETE", "/api/engines/1", None)])
+def test_an_api_write_that_crosses_another_is_a_conflict_not_lost(pg_app, someone_else_writes_first,
+                                                                   method, url, body):
+    client = pg_app.test_client()
+    client.post("/api/engines", json={"title": "Main", "thrust": 1})
+    response = client.open(url, method=method, json=body)
+    assert someone_else_writes_first, "the other write happened"
+    assert response.status_code == 409
+    assert response.get_json()["engine"] | {"updated_at": None} == \
+        {"id": 1, "title": "Theirs", "thrust": 1, "version": 2, "updated_at": None}
+    assert all_engines(pg_app) == [(1, "Theirs", 1)]
+
+
+@pytest.mark.parametrize("url, data", [("/engines/1/thrust", {"thrust": "9"}), ("/engines/1/delete", {}),
+                                       ("/engines/1/edit", {"title": "Mine", "thrust": "9", "version": "1"})])
+def test_a_page_write_that_crosses_another_is_refused_not_lost(pg_app, someone_else_writes_first, url, data):
+    client = pg_app.test_client()
+    client.post("/api/engines", json={"title": "Main", "thrust": 1})
+    response = client.post(url, data={"csrf_token": csrf_token(client), **data})
+    assert someone_else_writes_first, "the other write happened"
+    assert response.status_code == 409
+    page = response.get_data(as_text=True)
+    assert "was changed by someone else since you read it" in page or "Someone else changed this engine" in page
+    assert all_engines(pg_app) == [(1, "Theirs", 1)]
