@@ -1,23 +1,31 @@
 """Fixtures shared by every test: a fresh instance folder per test, the test
-client and CLI runner (as in Flask's tutorial), and the real server."""
+client and CLI runner (as in Flask's tutorial), the real server, and a real
+PostgreSQL server."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
+import tempfile
+import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 from hypothesis import settings
-from sqlalchemy import select
+from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, select
 
 import engines
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), default=None, key=lambda p: int(p.parent.name))
 
 settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
 settings.register_profile("dev", deadline=None)
@@ -115,3 +123,116 @@ def live_server(tmp_path):
     yield server
     if server.process.poll() is None:
         server.stop(signal.SIGKILL)
+
+
+# Titles and searches for the search tests, on SQLite and on PostgreSQL.
+SEARCH_TITLES = ["Ракета-носитель", "火箭发动机", "100% throttle", "under_score", r"back\slash",
+                 "plain", "<b>x</b>", "MAIN engine", "ΣΊΣΥΦΟΣ"]
+
+
+SEARCH_CASES = [
+    ("ракета", ["Ракета-носитель"]),
+    ("РАКЕТА", ["Ракета-носитель"]),
+    ("火箭", ["火箭发动机"]),
+    ("%", ["100% throttle"]),
+    ("_", ["under_score"]),
+    ("\\", [r"back\slash"]),
+    ("0%", ["100% throttle"]),
+    ("main", ["MAIN engine"]),
+    ("σίσυφος", ["ΣΊΣΥΦΟΣ"]),
+    ("<b>", ["<b>x</b>"]),
+    ("nothing like it", []),
+]
+
+
+# -- databases as older versions of Engines made them, and their bytes --------
+
+def make_revision_1_database(url: str, rows) -> None:
+    """A database as Engines made it before it had migrations: the engine
+    table of the app issue (made by create_all of that model) and `rows`."""
+    metadata = MetaData()
+    engine_table = Table(
+        "engine", metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("title", String(128), nullable=False),
+        Column("thrust", Integer, nullable=False, default=0),
+        sqlite_autoincrement=True,
+    )
+    database = create_engine(url)
+    with database.begin() as connection:
+        metadata.create_all(connection)
+        if rows:
+            connection.execute(engine_table.insert(), list(rows))
+    database.dispose()
+
+
+REVISION_1_TITLES = ["Ракета-носитель", "火箭发动机", "ΣΊΣΥΦΟΣ", 'Main, "the big one"', "<b>x</b>",
+                     "100% throttle", "under_score", "🚀 booster", "Ünïcödé ñ", "plain"]
+
+
+def revision_1_rows(count: int = 1000) -> list[dict]:
+    """`count` engines with non-ASCII titles, as an earlier Engines added
+    them (the database gives them the ids 1 to `count`)."""
+    return [{"title": f"{REVISION_1_TITLES[i % len(REVISION_1_TITLES)]} {i}",
+             "thrust": (i * 7919) % 2_147_483_648} for i in range(1, count + 1)]
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def sqlite_dump(path: Path) -> list[str]:
+    """A SQLite database's content as SQL: schema and every row."""
+    with sqlite3.connect(f"{Path(path).as_uri()}?mode=ro", uri=True) as connection:
+        return list(connection.iterdump())
+
+
+# -- a real PostgreSQL ---------------------------------------------------------
+
+def as_postgres(*args) -> list[str]:
+    """A PostgreSQL server command, run as the postgres user when we are root
+    (initdb and postgres refuse to run as root)."""
+    return (["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []) + [str(a) for a in args]
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A throwaway PostgreSQL cluster for the whole session, listening only on
+    a Unix socket in its own temporary folder; yields that folder."""
+    need(PG_BIN is not None and (PG_BIN / "initdb").exists(), "PostgreSQL is not installed (Debian package postgresql)")
+    base = Path(tempfile.mkdtemp(prefix="engines-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres")
+    data = base / "data"
+    try:
+        subprocess.run(as_postgres(PG_BIN / "initdb", "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8",
+                                   "--locale=C.UTF-8"), cwd=base, check=True, capture_output=True)
+        # Durability settings off: this cluster lives for one test session.
+        options = f"-c listen_addresses='' -k {base} -c fsync=off -c full_page_writes=off -c synchronous_commit=off"
+        subprocess.run(as_postgres(PG_BIN / "pg_ctl", "-D", data, "-l", base / "server.log", "-w", "-o", options,
+                                   "start"), cwd=base, check=True, capture_output=True)
+        yield base
+    finally:
+        subprocess.run(as_postgres(PG_BIN / "pg_ctl", "-D", data, "-m", "immediate", "stop"), cwd=base,
+                       capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """A fresh, empty PostgreSQL database (UTF-8, C.UTF-8 locale) for one
+    test, as the SQLAlchemy URI a user puts in instance/config.py."""
+    name = f"engines_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(host=str(pg_server), user="postgres", dbname="postgres", autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C.UTF-8'")
+    yield f"postgresql+psycopg://postgres@/{name}?host={pg_server}"
+    with psycopg.connect(host=str(pg_server), user="postgres", dbname="postgres", autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def pg_app(pg_url, instance_dir):
+    app = engines.create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": pg_url}, instance_path=instance_dir)
+    yield app
+    with app.app_context():
+        engines.db.engine.dispose()

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 
-from conftest import add_engines, all_engines
+from conftest import SEARCH_CASES, SEARCH_TITLES, add_engines, all_engines
 
 
 def post(client, body, **kwargs):
     return client.post("/api/engines", json=body, **kwargs)
+
+
+def changed_at(engine: dict) -> datetime:
+    """An engine's updated_at, which must be ISO 8601 in UTC."""
+    moment = datetime.fromisoformat(engine["updated_at"])
+    assert moment.utcoffset().total_seconds() == 0
+    return moment
 
 
 def test_health_says_ok(client):
@@ -20,19 +28,25 @@ def test_health_says_ok(client):
 
 
 def test_create_read_update_delete_round_trip(client, app):
+    before = datetime.now(UTC)
     created = post(client, {"title": "  Main  ", "thrust": 1200})
     assert created.status_code == 201
     engine = created.get_json()
-    assert engine == {"id": 1, "title": "Main", "thrust": 1200}
+    assert engine == {"id": 1, "title": "Main", "thrust": 1200, "version": 1, "updated_at": engine["updated_at"]}
+    assert before <= changed_at(engine) <= datetime.now(UTC)
     assert created.headers["Location"] == "/api/engines/1"
 
     assert client.get("/api/engines/1").get_json() == engine
 
     patched = client.patch("/api/engines/1", json={"thrust": 0})
     assert patched.status_code == 200
-    assert patched.get_json() == {"id": 1, "title": "Main", "thrust": 0}
+    thrust_set = patched.get_json()
+    assert thrust_set == {"id": 1, "title": "Main", "thrust": 0, "version": 2, "updated_at": thrust_set["updated_at"]}
+    assert changed_at(thrust_set) > changed_at(engine)
     patched = client.patch("/api/engines/1", json={"title": "Main engine"})
-    assert patched.get_json() == {"id": 1, "title": "Main engine", "thrust": 0}
+    renamed = patched.get_json()
+    assert renamed == {"id": 1, "title": "Main engine", "thrust": 0, "version": 3, "updated_at": renamed["updated_at"]}
+    assert changed_at(renamed) > changed_at(thrust_set)
     assert all_engines(app) == [(1, "Main engine", 0)]
 
     deleted = client.delete("/api/engines/1")
@@ -54,9 +68,10 @@ def test_ids_of_deleted_engines_are_never_reused(client):
 
 
 def test_list_shape(client):
-    post(client, {"title": "Main", "thrust": 3})
+    created = post(client, {"title": "Main", "thrust": 3}).get_json()
     body = client.get("/api/engines").get_json()
-    assert body == {"engines": [{"id": 1, "title": "Main", "thrust": 3}], "total": 1, "next": None}
+    assert body == {"engines": [{"id": 1, "title": "Main", "thrust": 3, "version": 1,
+                                 "updated_at": created["updated_at"]}], "total": 1, "next": None}
 
 
 @pytest.mark.parametrize("method, path", [
@@ -180,23 +195,7 @@ def test_body_over_64_kib_is_413(client, app):
 
 # -- search ------------------------------------------------------------------
 
-SEARCH_TITLES = ["Ракета-носитель", "火箭发动机", "100% throttle", "under_score", r"back\slash",
-                 "plain", "<b>x</b>", "MAIN engine", "ΣΊΣΥΦΟΣ"]
-
-
-@pytest.mark.parametrize("q, expected", [
-    ("ракета", ["Ракета-носитель"]),
-    ("РАКЕТА", ["Ракета-носитель"]),
-    ("火箭", ["火箭发动机"]),
-    ("%", ["100% throttle"]),
-    ("_", ["under_score"]),
-    ("\\", [r"back\slash"]),
-    ("0%", ["100% throttle"]),
-    ("main", ["MAIN engine"]),
-    ("σίσυφος", ["ΣΊΣΥΦΟΣ"]),
-    ("<b>", ["<b>x</b>"]),
-    ("nothing like it", []),
-])
+@pytest.mark.parametrize("q, expected", SEARCH_CASES)
 def test_search_is_a_literal_case_insensitive_substring(client, app, q, expected):
     add_engines(app, [{"title": t, "thrust": 0} for t in SEARCH_TITLES])
     response = client.get("/api/engines", query_string={"q": q})
@@ -310,3 +309,105 @@ def test_paging_does_not_skip_when_rows_are_deleted_between_pages(client, thousa
         client.delete(f"/api/engines/{engine['id']}")
     second = client.get(first["next"]).get_json()
     assert second["engines"][0]["id"] == 11
+
+
+# -- versions: edits that never overwrite blindly ------------------------------
+
+def test_an_engine_is_sent_with_its_version_as_etag(client):
+    assert post(client, {"title": "Main"}).headers["ETag"] == '"1"'
+    client.patch("/api/engines/1", json={"thrust": 5})
+    response = client.get("/api/engines/1")
+    assert response.headers["ETag"] == '"2"' and response.get_json()["version"] == 2
+
+
+def test_a_patch_that_changes_nothing_keeps_the_version(client):
+    engine = post(client, {"title": "Main", "thrust": 5}).get_json()
+    assert client.patch("/api/engines/1", json={"thrust": 5}).get_json() == engine
+
+
+@pytest.mark.parametrize("headers, body", [
+    ({"If-Match": '"2"'}, {"thrust": 9}),
+    ({"If-Match": "2"}, {"thrust": 9}),
+    ({"If-Match": ' "2" '}, {"thrust": 9}),
+    ({"If-Match": "*"}, {"thrust": 9}),
+    ({}, {"thrust": 9, "version": 2}),
+    ({"If-Match": '"2"'}, {"thrust": 9, "version": 2}),
+])
+def test_a_change_based_on_the_current_version_is_saved(client, app, headers, body):
+    post(client, {"title": "Main", "thrust": 1})
+    client.patch("/api/engines/1", json={"thrust": 2})
+    response = client.patch("/api/engines/1", json=body, headers=headers)
+    assert response.status_code == 200
+    assert response.get_json()["version"] == 3 and response.headers["ETag"] == '"3"'
+    assert all_engines(app) == [(1, "Main", 9)]
+
+
+@pytest.mark.parametrize("headers, body", [
+    ({"If-Match": '"1"'}, {"thrust": 9}),
+    ({"If-Match": "1"}, {"title": "Mine"}),
+    ({}, {"thrust": 9, "version": 1}),
+])
+def test_a_change_based_on_an_older_version_is_409_with_the_engine_as_it_is_now(client, app, headers, body):
+    post(client, {"title": "Main", "thrust": 1})
+    theirs = client.patch("/api/engines/1", json={"title": "Theirs", "thrust": 2}).get_json()
+    response = client.patch("/api/engines/1", json=body, headers=headers)
+    assert response.status_code == 409
+    answer = response.get_json()
+    assert answer["engine"] == theirs
+    assert "changed by someone else since you read it: it is now at version 2" in answer["error"]
+    assert response.headers["ETag"] == '"2"'
+    assert all_engines(app) == [(1, "Theirs", 2)]
+
+
+def test_a_delete_based_on_an_older_version_is_409_and_deletes_nothing(client, app):
+    post(client, {"title": "Main"})
+    client.patch("/api/engines/1", json={"thrust": 2})
+    response = client.delete("/api/engines/1", headers={"If-Match": '"1"'})
+    assert response.status_code == 409
+    assert response.get_json()["engine"]["version"] == 2
+    assert all_engines(app) == [(1, "Main", 2)]
+    assert client.delete("/api/engines/1", headers={"If-Match": '"2"'}).status_code == 204
+    assert all_engines(app) == []
+
+
+@pytest.mark.parametrize("if_match", ['W/"1"', '"1", "2"', '"one"', '"0"', '"-1"', '"1.5"', '""', '"',
+                                      '"99999999999999999999"'])
+@pytest.mark.parametrize("method", ["patch", "delete"])
+def test_an_if_match_that_is_not_one_version_is_400(client, app, if_match, method):
+    post(client, {"title": "Main"})
+    response = getattr(client, method)("/api/engines/1", json={"thrust": 3} if method == "patch" else None,
+                                        headers={"If-Match": if_match})
+    assert response.status_code == 400
+    assert 'If-Match: "3"' in response.get_json()["fields"]["If-Match"]
+    assert all_engines(app) == [(1, "Main", 0)]
+
+
+@pytest.mark.parametrize("version", ["1", 0, -1, True, 1.5, None, [1], 2**31])
+def test_a_version_that_is_not_a_whole_number_from_1_is_400(client, app, version):
+    post(client, {"title": "Main"})
+    response = client.patch("/api/engines/1", json={"thrust": 3, "version": version})
+    assert response.status_code == 400
+    assert "Version must be a whole number" in response.get_json()["fields"]["version"]
+    assert all_engines(app) == [(1, "Main", 0)]
+
+
+def test_if_match_and_version_must_name_the_same_version(client, app):
+    post(client, {"title": "Main"})
+    response = client.patch("/api/engines/1", json={"thrust": 3, "version": 1}, headers={"If-Match": '"2"'})
+    assert response.status_code == 400
+    assert "another version" in response.get_json()["fields"]["version"]
+
+
+def test_a_version_alone_is_nothing_to_change(client):
+    post(client, {"title": "Main"})
+    response = client.patch("/api/engines/1", json={"version": 1})
+    assert response.status_code == 400
+    assert "Nothing to change" in response.get_json()["error"]
+
+
+def test_a_new_engine_cannot_be_given_a_version(client, app):
+    response = post(client, {"title": "Main", "version": 7})
+    assert response.status_code == 400
+    assert response.get_json()["fields"] == {"version": "Unknown field."}
+    assert all_engines(app) == []
+

@@ -74,7 +74,7 @@ def test_quick_thrust_changes_the_engine_without_reloading_the_page(browser, liv
     row = page.locator("#engine-5")
     row.locator("input[name=thrust]").fill("3000000")
     row.locator("button", has_text="Set").click()
-    page.wait_for_function("document.querySelector('#engine-5 [data-thrust]').textContent === '3,000,000'")
+    expect(row.locator("[data-thrust]")).to_have_text("3,000,000")
     assert page.evaluate("window.notReloaded") is True
     assert row.locator("form").get_attribute("class") == "quick-thrust saved"
     assert requests.get(f"{live_server.url}/api/engines/5", timeout=5).json()["thrust"] == 3_000_000
@@ -103,3 +103,22 @@ def test_delete_asks_for_confirmation_in_the_browser(browser, live_server):
 
 def test_output_folder_is_ignored_by_git():
     assert "/tests/output/" in Path(ROOT / ".gitignore").read_text()
+
+
+def test_an_edit_that_crossed_someone_else_s_shows_both_in_the_browser(browser, live_server):
+    seed(live_server.url)
+    page = browser.new_page(viewport={"width": 800, "height": 600})
+    page.goto(f"{live_server.url}/engines/1/edit")
+    # Someone else saves the engine while this page is open.
+    requests.patch(f"{live_server.url}/api/engines/1", json={"title": "Main (theirs)", "thrust": 7}, timeout=5)
+    page.fill("#title", "Main (mine)")
+    page.click("text=Save")
+    expect(page.locator(".conflict")).to_contain_text("Someone else changed this engine while you were editing it.")
+    assert page.locator(".conflict tr.changed td").all_inner_texts() == ["Main (theirs)", "Main (mine)",
+                                                                       "7", "1500000"]
+    assert page.input_value("#title") == "Main (mine)"
+    page.screenshot(path=str(OUTPUT / "edit-conflict-800x600.png"), full_page=True)
+    assert requests.get(f"{live_server.url}/api/engines/1", timeout=5).json()["title"] == "Main (theirs)"
+    page.click("text=Save mine")
+    assert page.locator(".message").inner_text() == "Saved “Main (mine)”."
+    assert requests.get(f"{live_server.url}/api/engines/1", timeout=5).json()["title"] == "Main (mine)"

@@ -162,3 +162,53 @@ def test_after_a_form_the_app_never_redirects_to_another_site(client, app, targe
     assert response.headers["Location"] == "/"
     page = client.get("/engines/1/edit", query_string={"next": target}).get_data(as_text=True)
     assert target.replace("&", "&amp;") not in page
+
+
+def hidden_version(page: str) -> str:
+    return re.search(r'<input type="hidden" name="version" value="([^"]*)">', page).group(1)
+
+
+def test_the_edit_page_carries_the_version_it_shows(client, app):
+    add_engines(app, [{"title": "Main", "thrust": 1}])
+    assert hidden_version(client.get("/engines/1/edit").get_data(as_text=True)) == "1"
+    form_post(client, "/engines/1/edit", {"title": "Main", "thrust": "2", "version": "1"})
+    assert hidden_version(client.get("/engines/1/edit").get_data(as_text=True)) == "2"
+
+
+def test_an_edit_of_a_changed_engine_shows_both_and_replaces_theirs_only_when_saved_again(client, app):
+    add_engines(app, [{"title": "Main", "thrust": 1}])
+    version = hidden_version(client.get("/engines/1/edit").get_data(as_text=True))
+    # Meanwhile, someone else renames it and sets its thrust.
+    client.patch("/api/engines/1", json={"title": "Theirs", "thrust": 7000})
+
+    response = form_post(client, "/engines/1/edit", {"title": "Mine", "thrust": "1", "version": version})
+    assert response.status_code == 409
+    page = response.get_data(as_text=True)
+    assert "Someone else changed this engine while you were editing it." in page
+    rows = re.findall(r'<tr( class="changed")?><th scope="row">(\w+)</th><td[^>]*>([^<]*)</td><td[^>]*>([^<]*)</td>',
+                      page)
+    assert rows == [(' class="changed"', "Title", "Theirs", "Mine"), (' class="changed"', "Thrust", "7,000", "1")]
+    assert 'value="Mine"' in page  # what I typed is kept
+    assert hidden_version(page) == "2"
+    assert all_engines(app) == [(1, "Theirs", 7000)]
+
+    response = form_post(client, "/engines/1/edit", {"title": "Mine", "thrust": "1", "version": "2"},
+                         follow_redirects=True)
+    assert "Saved “Mine”." in response.get_data(as_text=True)
+    assert all_engines(app) == [(1, "Mine", 1)]
+
+
+def test_an_edit_form_with_a_broken_version_says_to_reload_and_changes_nothing(client, app):
+    add_engines(app, [{"title": "Main", "thrust": 1}])
+    response = form_post(client, "/engines/1/edit", {"title": "Mine", "thrust": "1", "version": "seven"})
+    assert response.status_code == 400
+    assert "This form is out of date" in response.get_data(as_text=True)
+    assert all_engines(app) == [(1, "Main", 1)]
+
+
+def test_the_page_offers_export_import_and_backups(client):
+    page = client.get("/").get_data(as_text=True)
+    for offer in ("Export CSV", "Export JSON", 'enctype="multipart/form-data"', "Back up now",
+                  "Download a backup", "backups"):
+        assert offer in page
+

@@ -33,7 +33,8 @@ def test_serve_write_over_http_stop_with_sigterm_and_find_the_data_again(tmp_pat
     again = LiveServer(instance)
     try:
         body = requests.get(f"{again.url}/api/engines", timeout=5).json()
-        assert body["engines"] == [{"id": 1, "title": "Main", "thrust": 250}]
+        assert [{name: e[name] for name in ("id", "title", "thrust", "version")} for e in body["engines"]] \
+            == [{"id": 1, "title": "Main", "thrust": 250, "version": 2}]
     finally:
         assert again.stop(signal.SIGINT) == 0
 

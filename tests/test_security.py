@@ -22,7 +22,9 @@ def session_with_form_token(url: str) -> tuple[requests.Session, str]:
 
 
 def api_rows(url: str) -> list[dict]:
-    return requests.get(f"{url}/api/engines?per_page=500", timeout=5).json()["engines"]
+    """Every engine's id, title and thrust, as the API lists them."""
+    engines_ = requests.get(f"{url}/api/engines?per_page=500", timeout=5).json()["engines"]
+    return [{key: engine[key] for key in ("id", "title", "thrust")} for engine in engines_]
 
 
 # -- Host allowlist (DNS rebinding) --------------------------------------------

@@ -1,0 +1,210 @@
+"""Engines on a real PostgreSQL server: the same migrations, API and search."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+from sqlalchemy import create_engine, event, inspect, make_url, text
+from sqlalchemy.engine import Engine as SqlEngine
+
+import engines
+from conftest import (
+    SEARCH_CASES,
+    SEARCH_TITLES,
+    all_engines,
+    csrf_token,
+    make_revision_1_database,
+    revision_1_rows,
+)
+
+
+def schema(url: str) -> dict:
+    """The engine table's columns and constraints, as PostgreSQL describes them."""
+    database = create_engine(url)
+    try:
+        inspector = inspect(database)
+        columns = [(c["name"], str(c["type"]), c["nullable"], c["default"]) for c in inspector.get_columns("engine")]
+        return {"columns": columns, "pk": inspector.get_pk_constraint("engine"),
+                "tables": sorted(inspector.get_table_names())}
+    finally:
+        database.dispose()
+
+
+def test_a_new_postgresql_database_is_made_at_the_newest_revision(pg_app, pg_url):
+    with pg_app.app_context():
+        assert engines.current_revision() == engines.SCHEMA_REVISION
+    described = schema(pg_url)
+    assert described["tables"] == ["alembic_version", "engine"]
+    assert [c[0] for c in described["columns"]] == ["id", "title", "thrust", "version", "updated_at"]
+    assert described["pk"]["name"] == "engine_pkey"
+
+
+def test_a_postgresql_database_from_before_migrations_is_upgraded_keeping_every_engine(pg_url, instance_dir):
+    rows = revision_1_rows(1000)
+    make_revision_1_database(pg_url, rows)
+    before = datetime.now(UTC)
+    app = engines.create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": pg_url}, instance_path=instance_dir)
+    try:
+        assert all_engines(app) == [(i, r["title"], r["thrust"]) for i, r in enumerate(rows, 1)]
+        client = app.test_client()
+        listed = client.get("/api/engines?per_page=500").get_json()["engines"]
+        assert {e["version"] for e in listed} == {1}
+        assert all(before <= datetime.fromisoformat(e["updated_at"]) <= datetime.now(UTC) for e in listed)
+        assert client.post("/api/engines", json={"title": "New"}).get_json()["id"] == 1001
+        with app.app_context():
+            assert engines.current_revision() == engines.SCHEMA_REVISION
+        assert not (instance_dir / "backups").exists()  # PostgreSQL: pg_dump, not files
+    finally:
+        with app.app_context():
+            engines.db.engine.dispose()
+
+
+def test_an_upgraded_postgresql_database_has_the_schema_of_a_new_one(pg_url, pg_server, instance_dir):
+    old_url = pg_url.replace("/engines_test_", "/engines_old_")
+    with psycopg.connect(host=str(pg_server), user="postgres", dbname="postgres", autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {make_url(old_url).database} TEMPLATE template0")
+    try:
+        make_revision_1_database(old_url, revision_1_rows(10))
+        for url, folder in [(pg_url, "new"), (old_url, "upgraded")]:
+            app = engines.create_app({"SQLALCHEMY_DATABASE_URI": url}, instance_path=instance_dir / folder)
+            with app.app_context():
+                engines.db.engine.dispose()
+        assert schema(old_url) == schema(pg_url)
+    finally:
+        with psycopg.connect(host=str(pg_server), user="postgres", dbname="postgres", autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE {make_url(old_url).database} WITH (FORCE)")
+
+
+def test_a_postgresql_database_from_a_newer_engines_is_refused_untouched(pg_app, pg_url, instance_dir):
+    database = create_engine(pg_url)
+    with database.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '99'"))
+    database.dispose()
+    with pg_app.app_context():
+        engines.db.engine.dispose()
+    with pytest.raises(engines.StartupError, match="newer version of Engines.*revision 99.*left untouched"):
+        engines.create_app({"SQLALCHEMY_DATABASE_URI": pg_url}, instance_path=instance_dir)
+    database = create_engine(pg_url)
+    with database.connect() as connection:
+        assert connection.scalar(text("SELECT version_num FROM alembic_version")) == "99"
+    database.dispose()
+
+
+def test_crud_and_stale_edits_on_postgresql(pg_app):
+    client = pg_app.test_client()
+    created = client.post("/api/engines", json={"title": "Main", "thrust": 10})
+    assert created.status_code == 201 and created.headers["ETag"] == '"1"'
+    assert client.patch("/api/engines/1", json={"thrust": 20}, headers={"If-Match": '"1"'}).status_code == 200
+    stale = client.patch("/api/engines/1", json={"thrust": 30}, headers={"If-Match": '"1"'})
+    assert stale.status_code == 409
+    assert stale.get_json()["engine"]["thrust"] == 20
+    assert client.delete("/api/engines/1", headers={"If-Match": "1"}).status_code == 409
+    assert client.delete("/api/engines/1", headers={"If-Match": "2"}).status_code == 204
+    assert client.post("/api/engines", json={"title": "Spare"}).get_json()["id"] == 2
+    assert all_engines(pg_app) == [(2, "Spare", 0)]
+
+
+@pytest.mark.parametrize("q, expected", SEARCH_CASES)
+def test_search_on_postgresql_is_a_literal_case_insensitive_substring(pg_app, q, expected):
+    client = pg_app.test_client()
+    for title in SEARCH_TITLES:
+        assert client.post("/api/engines", json={"title": title}).status_code == 201
+    body = client.get("/api/engines", query_string={"q": q}).get_json()
+    assert [e["title"] for e in body["engines"]] == expected
+    assert body["total"] == len(expected)
+
+
+def test_imported_ids_are_kept_and_new_engines_continue_above_them_on_postgresql(pg_app):
+    client = pg_app.test_client()
+    assert client.post("/api/engines", json={"title": "First"}).get_json()["id"] == 1
+    runner = pg_app.test_cli_runner()
+    export = "id,title,thrust\n7,Seven,7\n40,Forty,40\n"
+    path = pg_app.instance_path + "/engines.csv"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(export)
+    result = runner.invoke(args=["import", path])
+    assert result.exit_code == 0, result.output
+    assert client.post("/api/engines", json={"title": "Next"}).get_json()["id"] == 41
+    assert [e[0] for e in all_engines(pg_app)] == [1, 7, 40, 41]
+
+
+def test_an_export_from_postgresql_imports_into_sqlite_as_the_same_engines(pg_app, tmp_path):
+    source = pg_app.test_client()
+    for title in SEARCH_TITLES:
+        source.post("/api/engines", json={"title": title, "thrust": len(title)})
+    source.patch("/api/engines/2", json={"thrust": 1})
+    exported = source.get("/api/engines.json").get_data()
+    target_app = engines.create_app({"TESTING": True}, instance_path=tmp_path / "sqlite-instance")
+    with target_app.app_context():
+        assert engines.import_engines(io.BytesIO(exported)) == len(SEARCH_TITLES)
+    target = target_app.test_client()
+    assert target.get("/api/engines?per_page=500").get_json() == source.get("/api/engines?per_page=500").get_json() \
+        | {"next": None}
+
+
+def test_backup_and_restore_on_postgresql_say_to_use_pg_dump(pg_app, tmp_path):
+    runner = pg_app.test_cli_runner()
+    result = runner.invoke(args=["backup"])
+    assert result.exit_code == 1 and "pg_dump" in result.output
+    backup_file = tmp_path / "some.sqlite3"
+    backup_file.write_bytes(b"")
+    result = runner.invoke(args=["restore", str(backup_file)])
+    assert result.exit_code == 1 and "pg_dump" in result.output
+    client = pg_app.test_client()
+    response = client.get("/api/backup")
+    assert response.status_code == 501 and "pg_dump" in response.get_json()["error"]
+    page = client.get("/").get_data(as_text=True)
+    assert "pg_dump" in page and "Back up now" not in page
+
+
+# A write that lands between Engines reading an engine and writing it: real on
+# PostgreSQL, where a transaction reads without locking (READ COMMITTED).
+
+@pytest.fixture
+def someone_else_writes_first(pg_url):
+    """Just before Engines writes an engine, another program commits a
+    change to it through a connection of its own."""
+    other = create_engine(pg_url)
+    crossed: list[str] = []
+
+    def cross(connection, cursor, statement, parameters, context, executemany):
+        if statement.startswith(("UPDATE engine", "DELETE FROM engine")) and connection.engine is not other \
+                and not crossed:
+            crossed.append(statement)
+            with other.begin() as writer:
+                writer.execute(text("UPDATE engine SET title = 'Theirs', version = version + 1"))
+
+    event.listen(SqlEngine, "before_cursor_execute", cross)
+    yield crossed
+    event.remove(SqlEngine, "before_cursor_execute", cross)
+    other.dispose()
+
+
+@pytest.mark.parametrize("method, url, body", [("PATCH", "/api/engines/1", {"thrust": 9}),
+                                                ("DELETE", "/api/engines/1", None)])
+def test_an_api_write_that_crosses_another_is_a_conflict_not_lost(pg_app, someone_else_writes_first,
+                                                                   method, url, body):
+    client = pg_app.test_client()
+    client.post("/api/engines", json={"title": "Main", "thrust": 1})
+    response = client.open(url, method=method, json=body)
+    assert someone_else_writes_first, "the other write happened"
+    assert response.status_code == 409
+    assert response.get_json()["engine"] | {"updated_at": None} == \
+        {"id": 1, "title": "Theirs", "thrust": 1, "version": 2, "updated_at": None}
+    assert all_engines(pg_app) == [(1, "Theirs", 1)]
+
+
+@pytest.mark.parametrize("url, data", [("/engines/1/thrust", {"thrust": "9"}), ("/engines/1/delete", {}),
+                                       ("/engines/1/edit", {"title": "Mine", "thrust": "9", "version": "1"})])
+def test_a_page_write_that_crosses_another_is_refused_not_lost(pg_app, someone_else_writes_first, url, data):
+    client = pg_app.test_client()
+    client.post("/api/engines", json={"title": "Main", "thrust": 1})
+    response = client.post(url, data={"csrf_token": csrf_token(client), **data})
+    assert someone_else_writes_first, "the other write happened"
+    assert response.status_code == 409
+    page = response.get_data(as_text=True)
+    assert "was changed by someone else since you read it" in page or "Someone else changed this engine" in page
+    assert all_engines(pg_app) == [(1, "Theirs", 1)]
