@@ -1,0 +1,67 @@
+"""Run inside `engines --window` as its WINDOW_TEST_SCRIPT, with `window`:
+wait for the page, note what the window shows, take a screenshot of the
+window once it is painted, then close the window as its close button does.
+
+Writes seen.json into $WINDOW_TEST_OUTPUT; the screenshot goes to
+$WINDOW_TEST_SCREENSHOT. Only the standard library: the frozen binary runs
+this script too.
+"""
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+
+def report(name: str, data: dict) -> None:
+    """Write data as JSON into $WINDOW_TEST_OUTPUT/name, all at once."""
+    path = Path(os.environ["WINDOW_TEST_OUTPUT"]) / name
+    path.with_suffix(".tmp").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    os.replace(path.with_suffix(".tmp"), path)
+
+
+def child_processes() -> list[int]:
+    """The processes this one started (WebKit's web and network processes)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
+                children.append(int(entry.name))
+    return children
+
+
+def screenshot_once_painted(path: str) -> tuple[int, str]:
+    """Screenshot the window titled Engines until the page shows on it (a
+    blank window has a colour or two, a page with text hundreds); returns
+    the number of colours and the size, as WIDTHxHEIGHT."""
+    colours = 0
+    for _ in range(150):
+        subprocess.run(["import", "-window", "Engines", path], check=True)
+        colours = int(subprocess.run(["identify", "-format", "%k", path],
+                                     capture_output=True, text=True, check=True).stdout)
+        if colours > 100:
+            break
+        time.sleep(0.2)
+    size = subprocess.run(["identify", "-format", "%wx%h", path], capture_output=True, text=True, check=True)
+    return colours, size.stdout
+
+
+seen = {}
+try:
+    seen["loaded"] = window.events.loaded.wait(60)
+    seen["title"] = window.evaluate_js("document.title")
+    seen["heading"] = window.evaluate_js("document.querySelector('h2').textContent")
+    seen["listed"] = window.evaluate_js(
+        "[...document.querySelectorAll('table.engines td.title')].map(cell => cell.textContent.trim())")
+    seen["url"] = window.get_current_url()
+    seen["children"] = child_processes()
+    if os.environ.get("WINDOW_TEST_SCREENSHOT"):
+        seen["colours"], seen["size"] = screenshot_once_painted(os.environ["WINDOW_TEST_SCREENSHOT"])
+finally:
+    report("seen.json", seen)
+    window.destroy()
