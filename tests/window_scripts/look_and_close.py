@@ -9,6 +9,7 @@ this script too.
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -39,16 +40,18 @@ def screenshot_once_painted(path: str) -> tuple[int, str]:
     """Screenshot the window titled Engines until the page shows on it (a
     blank window has a colour or two, a page with text hundreds); returns
     the number of colours and the size, as WIDTHxHEIGHT."""
-    colours = 0
+    colours, size = 0, ""
     for _ in range(150):
-        subprocess.run(["import", "-window", "Engines", path], check=True)
-        colours = int(subprocess.run(["identify", "-format", "%k", path],
-                                     capture_output=True, text=True, check=True).stdout)
-        if colours > 100:
-            break
+        # By id: `import -window Engines` may pick GTK's hidden window named "engines".
+        found = re.search(r"Window id: (0x[0-9a-f]+)",
+                          subprocess.run(["xwininfo", "-name", "Engines"], capture_output=True, text=True).stdout)
+        if found and subprocess.run(["import", "-window", found.group(1), path], capture_output=True).returncode == 0:
+            colours, size = subprocess.run(["identify", "-format", "%k %wx%h", path],
+                                           capture_output=True, text=True, check=True).stdout.split()
+            if int(colours) > 100:
+                break
         time.sleep(0.2)
-    size = subprocess.run(["identify", "-format", "%wx%h", path], capture_output=True, text=True, check=True)
-    return colours, size.stdout
+    return int(colours), size
 
 
 seen = {}
