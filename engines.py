@@ -751,6 +751,7 @@ def serve(app: Flask, server, open_browser: bool) -> int:
     def stop(signum, frame):
         raise KeyboardInterrupt
 
+    # Both, also after a window that could not open had taken them.
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     url = server_url(server)
@@ -850,7 +851,9 @@ def show_window(app: Flask, server) -> None:
             served.set()
 
     def close_the_window(signum, frame):
-        window.destroy()
+        # Not from this thread, which runs the GUI: destroy() first waits
+        # for the window to be shown.
+        threading.Thread(target=window.destroy, daemon=True).start()
 
     signal.signal(signal.SIGINT, close_the_window)
     signal.signal(signal.SIGTERM, close_the_window)
