@@ -76,13 +76,21 @@ def test_the_window_opens_titled_engines_and_shows_the_engines(windowed, tmp_pat
     assert f"Engines is running at {seen['url']}" in run.output()[0]
 
 
-def test_an_engine_added_in_the_window_is_in_the_database(windowed, tmp_path):
+def test_an_engine_added_in_the_window_is_in_the_database_file_once_it_is_closed(windowed, tmp_path):
+    database = tmp_path / "instance" / "engines.sqlite3"
+    app = engines.create_app(instance_path=tmp_path / "instance")
+    with app.app_context():
+        engines.db.engine.dispose()
+    with sqlite3.connect(database) as db:  # WAL mode is kept in the file
+        assert db.execute("PRAGMA journal_mode = WAL").fetchone() == ("wal",)
     run = windowed("add_engine_and_close.py")
     added = run.result("added.json")
     assert run.wait() == 0
     assert added["message"] == "Added “Ракета-носитель”."
     assert added["listed"] == "Ракета-носитель"
-    with sqlite3.connect(tmp_path / "instance" / "engines.sqlite3") as db:
+    # Every connection was closed, the last one checkpointing the WAL into the file.
+    assert not Path(f"{database}-wal").exists()
+    with sqlite3.connect(database) as db:
         assert db.execute("SELECT title, thrust FROM engine").fetchall() == [("Ракета-носитель", 1200)]
 
 
