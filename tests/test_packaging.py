@@ -99,6 +99,7 @@ def test_the_binary_opens_its_window_by_default_with_the_engines_of_the_last_run
     assert seen["listed"] == ["Main"]
     assert seen["size"] == "1100x760"
     assert seen["colours"] > 100
+    assert "Icon (256 x 256)" in seen["properties"]  # static/engines.png, from the bundle
 
 
 def test_the_binary_without_stdout_and_stderr_starts_and_logs_to_its_file(binary, tmp_path):

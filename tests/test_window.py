@@ -73,6 +73,9 @@ def test_the_window_opens_titled_engines_and_shows_the_engines(windowed, tmp_pat
     # size, once the page was painted on it (tests/output/window.png).
     assert seen["size"] == "1100x760"
     assert seen["colours"] > 100
+    # It has the app's icon and cannot be made smaller than 800x600.
+    assert "Icon (256 x 256)" in seen["properties"]
+    assert "minimum size: 800 by 600" in seen["properties"]
     assert f"Engines is running at {seen['url']}" in run.output()[0]
 
 

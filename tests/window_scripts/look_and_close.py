@@ -36,22 +36,36 @@ def child_processes() -> list[int]:
     return children
 
 
+def window_id() -> str | None:
+    """The X id of the window titled Engines, once it is on the screen."""
+    # Not `import -window Engines`: that may pick GTK's hidden window named "engines".
+    found = subprocess.run(["xwininfo", "-name", "Engines"], capture_output=True, text=True).stdout
+    match = re.search(r"Window id: (0x[0-9a-f]+)", found)
+    return match.group(1) if match else None
+
+
 def screenshot_once_painted(path: str) -> tuple[int, str]:
     """Screenshot the window titled Engines until the page shows on it (a
     blank window has a colour or two, a page with text hundreds); returns
     the number of colours and the size, as WIDTHxHEIGHT."""
     colours, size = 0, ""
     for _ in range(150):
-        # By id: `import -window Engines` may pick GTK's hidden window named "engines".
-        found = re.search(r"Window id: (0x[0-9a-f]+)",
-                          subprocess.run(["xwininfo", "-name", "Engines"], capture_output=True, text=True).stdout)
-        if found and subprocess.run(["import", "-window", found.group(1), path], capture_output=True).returncode == 0:
+        xid = window_id()
+        if xid and subprocess.run(["import", "-window", xid, path], capture_output=True).returncode == 0:
             colours, size = subprocess.run(["identify", "-format", "%k %wx%h", path],
                                            capture_output=True, text=True, check=True).stdout.split()
             if int(colours) > 100:
                 break
         time.sleep(0.2)
     return int(colours), size
+
+
+def window_properties() -> str:
+    """What the window tells the window manager: its icon and size hints."""
+    xid = window_id()
+    icon = subprocess.run(["xprop", "-id", xid, "-len", "8", "_NET_WM_ICON"], capture_output=True, text=True)
+    hints = subprocess.run(["xprop", "-id", xid, "WM_NORMAL_HINTS"], capture_output=True, text=True)
+    return icon.stdout + hints.stdout
 
 
 seen = {}
@@ -65,6 +79,7 @@ try:
     seen["children"] = child_processes()
     if os.environ.get("WINDOW_TEST_SCREENSHOT"):
         seen["colours"], seen["size"] = screenshot_once_painted(os.environ["WINDOW_TEST_SCREENSHOT"])
+        seen["properties"] = window_properties()
 finally:
     report("seen.json", seen)
     window.destroy()
