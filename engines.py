@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import runpy
 import secrets
 import signal
 import socket
@@ -30,6 +31,7 @@ import unicodedata
 import webbrowser
 from contextlib import closing, suppress
 from datetime import UTC, datetime
+from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -52,6 +54,7 @@ from flask.cli import with_appcontext
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf import FlaskForm
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from platformdirs import user_data_dir
 from sqlalchemy import (
     DateTime,
     Integer,
@@ -93,11 +96,20 @@ EXPORT_BATCH = 1000  # engines read at a time while an export streams
 IMPORT_BATCH = 5000  # engines checked and inserted at a time
 IMPORT_ERRORS_SHOWN = 10
 FILE_TIME = "%Y%m%dT%H%M%SZ"  # UTC, in the names of backups and exports
-SOURCE_DIR = Path(__file__).resolve().parent
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 BUSY_TIMEOUT_MS = 10_000
+WINDOW_SIZE = (1100, 760)
+WINDOW_MIN_SIZE = (800, 600)  # the page is designed to work from 800x600 up
+LOG_FILE = "engines.log"
+# A PyInstaller build is "frozen": its templates and static files are
+# unpacked from the bundle into sys._MEIPASS, not found next to engines.py.
+FROZEN = getattr(sys, "frozen", False)
+SOURCE_DIR = Path(sys._MEIPASS) if FROZEN else Path(__file__).resolve().parent
 
 log = logging.getLogger("engines")
+# Until main() opens the log file our records go nowhere, rather than to
+# stderr a second time after tell() has printed them there.
+log.addHandler(logging.NullHandler())
 
 # ---------------------------------------------------------------------------
 # The model and its validation
@@ -638,6 +650,8 @@ CONFIG_DEFAULTS = {
     "ALLOWED_HOSTS": [],  # more Host names to accept, e.g. "engines.lan" or "engines.lan:5000"
     "REQUIRE_TOKEN": False,  # always on when serving off loopback
     "TOKEN": None,  # the access token; generated when one is needed
+    # For tests only: a Python file run with the open window (see show_window).
+    "WINDOW_TEST_SCRIPT": None,
 }
 
 
@@ -656,7 +670,12 @@ def default_instance_dir() -> Path:
 
     From source, `instance/` next to engines.py, whatever the current
     directory (Flask's default for a __main__ module is the current one).
+    Frozen, the per-user data folder (`~/.local/share/Engines`,
+    `%LOCALAPPDATA%\\Engines`, `~/Library/Application Support/Engines`):
+    a onefile build runs from a temporary folder that is deleted on exit.
     """
+    if FROZEN:
+        return Path(user_data_dir(APP_NAME, appauthor=False))
     return SOURCE_DIR / "instance"
 
 
@@ -1764,18 +1783,40 @@ def server_url(app: Flask, server) -> str:
     return f"{url}?token={app.config['TOKEN']}" if app.config["REQUIRE_TOKEN"] else url
 
 
+def keep_log(instance_dir: Path) -> None:
+    """Log to engines.log in the instance folder (rotated at 1 MB, three old
+    files kept): the app's, waitress's and pywebview's records alike.
+
+    A windowed build has no console (sys.stdout and sys.stderr are None), so
+    the log is where a person finds what happened.
+    """
+    path = instance_dir / LOG_FILE
+    try:
+        handler = RotatingFileHandler(path, maxBytes=1_000_000, backupCount=3, encoding="utf-8")
+    except OSError as exc:
+        raise StartupError(f"cannot write the log file {path}: {exc.strerror or exc}") from None
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+
+def tell(message: str, *, error: bool = False) -> None:
+    """Say one line to the person: on the console, if there is one, and in the log."""
+    # print() does nothing when sys.stdout is None, as in a windowed build.
+    print(message, file=sys.stderr if error else sys.stdout, flush=True)
+    log.log(logging.ERROR if error else logging.INFO, message)
+
+
 def serve(app: Flask, server, open_browser: bool) -> int:
     """Serve until Ctrl-C or SIGTERM, then close cleanly; returns the exit code."""
 
     def stop(signum, frame):
         raise KeyboardInterrupt
 
+    # Both, also after a window that could not open had taken them.
+    signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     url = server_url(app, server)
-    if not is_loopback(server.effective_host):
-        print(f"engines: warning: listening on {server.effective_host}, reachable from other machines; "
-              "every request needs the access token shown in the URL below.", file=sys.stderr, flush=True)
-    print(f"Engines is running at {url}  (Ctrl-C to stop)", flush=True)
+    tell(f"Engines is running at {url}  (Ctrl-C to stop)")
     if open_browser:
         threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
     try:
@@ -1784,12 +1825,119 @@ def serve(app: Flask, server, open_browser: bool) -> int:
         pass
     finally:
         server.close()
-        # Wait for requests in flight, so a write that was answered is on disk.
-        server.task_dispatcher.shutdown(timeout=5)
-        with app.app_context():
-            db.engine.dispose()
-    print("Engines stopped.", flush=True)
+        finish_requests_and_close_database(app, server)
+    tell("Engines stopped.")
     return 0
+
+
+def finish_requests_and_close_database(app: Flask, server) -> None:
+    """Wait for the requests in flight, so that a write that was answered is
+    on disk, then close every database connection. (Closing the last
+    connection to a SQLite database in WAL mode checkpoints the WAL into the
+    database file.)"""
+    server.task_dispatcher.shutdown(timeout=5)
+    with app.app_context():
+        db.engine.dispose()
+
+
+# ---------------------------------------------------------------------------
+# The window: python engines.py --window (the binary's default)
+# ---------------------------------------------------------------------------
+
+
+class NoWindowError(Exception):
+    """No native window can be shown here; the message says why."""
+
+
+def import_webview():
+    """pywebview, if a window can be shown here; else NoWindowError.
+
+    On Linux GTK ends the whole process when it cannot open a display, with
+    no exception to catch: so the display is checked before GTK is touched.
+    """
+    if sys.platform not in ("win32", "darwin") \
+            and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise NoWindowError("there is no display (DISPLAY and WAYLAND_DISPLAY are not set)")
+    try:
+        import webview
+    except ImportError:
+        raise NoWindowError("pywebview is not installed (see the README)") from None
+    # pywebview prints its records to stderr, with a traceback when a GUI
+    # backend fails to load: they go to engines.log instead.
+    logging.getLogger("pywebview").handlers.clear()
+    return webview
+
+
+def open_window(app: Flask, server) -> int:
+    """Show the app in a native window until the window is closed (or Ctrl-C
+    or SIGTERM), then stop cleanly; returns the exit code. Where no window
+    can be shown, says why in one line and serves in the browser instead."""
+    try:
+        show_window(app, server)
+    except NoWindowError as exc:
+        tell(f"engines: cannot open a window: {exc}. Opening the browser instead.", error=True)
+        return serve(app, server, open_browser=True)
+    tell("Engines stopped.")
+    return 0
+
+
+def show_window(app: Flask, server) -> None:
+    """Run the window in this (the main) thread and serve in another one
+    until the window is closed, then close cleanly. Raises NoWindowError,
+    having served nothing, when pywebview cannot start a GUI.
+
+    With the WINDOW_TEST_SCRIPT setting (tests only), that Python file is
+    run in a thread of its own with `window`, the pywebview Window, to drive
+    the window as a person would.
+    """
+    webview = import_webview()
+    from waitress import wasyncore
+
+    url = server_url(app, server)
+    window = webview.create_window(
+        APP_NAME, url, width=WINDOW_SIZE[0], height=WINDOW_SIZE[1], min_size=WINDOW_MIN_SIZE,
+        text_select=True, zoomable=True,
+    )
+    served = threading.Event()
+
+    def serve_while_the_window_is_open():  # pywebview runs it once the GUI is up
+        test_script = app.config["WINDOW_TEST_SCRIPT"]
+        if test_script:
+            threading.Thread(target=runpy.run_path, args=(test_script,),
+                             kwargs={"init_globals": {"window": window}}, daemon=True).start()
+        tell(f"Engines is running at {url}  (close the window to stop)")
+        try:
+            server.run()
+        finally:
+            served.set()
+
+    def close_the_window(signum, frame):
+        # Not from this thread, which runs the GUI: destroy() first waits
+        # for the window to be shown.
+        threading.Thread(target=window.destroy, daemon=True).start()
+
+    signal.signal(signal.SIGINT, close_the_window)
+    signal.signal(signal.SIGTERM, close_the_window)
+    try:
+        webview.start(serve_while_the_window_is_open, icon=str(SOURCE_DIR / "static" / "engines.png"))
+    except webview.WebViewException as exc:
+        raise NoWindowError(str(exc).rstrip(".")) from None
+    # waitress's loop is not thread-safe: its trigger has the loop close the
+    # listening socket and every connection itself, and then it returns.
+    server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+    served.wait(timeout=10)
+    finish_requests_and_close_database(app, server)
+
+
+def restore_the_library_path() -> None:
+    """Give the programs Engines starts (the web browser, WebKit's helpers)
+    the library path the user had, not the one into the bundle that
+    PyInstaller's bootloader set for loading the bundled libraries."""
+    original = os.environ.pop("LD_LIBRARY_PATH_ORIG", None)
+    if original is None:
+        os.environ.pop("LD_LIBRARY_PATH", None)
+    else:
+        os.environ["LD_LIBRARY_PATH"] = original
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1800,7 +1948,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--browser", action="store_true",
-                      help="serve and open the app in your web browser (the default)")
+                      help="serve and open the app in your web browser (the default from source)")
+    mode.add_argument("--window", action="store_true",
+                      help="open the app in a window of its own (the default of the standalone binary; "
+                           "needs pywebview and a GUI backend, see the README)")
     mode.add_argument("--serve", action="store_true",
                       help="serve without opening anything (for servers, scripts and tests)")
     parser.add_argument("--host", default=DEFAULT_HOST,
@@ -1809,8 +1960,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"port to listen on; 0 picks any free port (default: {DEFAULT_PORT}, "
                              "or a free port if it is taken)")
     parser.add_argument("--instance", metavar="DIR", default=None,
-                        help="folder for the database and settings (default: $ENGINES_INSTANCE, "
-                             "else instance/ next to engines.py)")
+                        help="folder for the database, settings and log (default: $ENGINES_INSTANCE, "
+                             "else instance/ next to engines.py; for the binary, your user data folder)")
     return parser
 
 
@@ -1824,13 +1975,23 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if FROZEN:
+        restore_the_library_path()
     try:
-        app = create_app(instance_path=args.instance)
+        instance_dir = resolve_instance_dir(args.instance)
+        make_instance_dir(instance_dir)
+        keep_log(instance_dir)
+        app = create_app(instance_path=instance_dir)
         server = make_server(app, args.host, args.port)
     except StartupError as exc:
-        print(f"engines: {exc}", file=sys.stderr)
+        tell(f"engines: {exc}", error=True)
         return 2
+    if not is_loopback(args.host):
+        tell(f"engines: warning: listening on {args.host}, reachable from other machines; "
+             "every request needs the access token shown in the URL below.", error=True)
+    # The binary is started by a double-click: it opens its window unless told otherwise.
+    if args.window or (FROZEN and not (args.serve or args.browser)):
+        return open_window(app, server)
     return serve(app, server, open_browser=not args.serve)
 
 

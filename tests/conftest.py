@@ -1,10 +1,12 @@
 """Fixtures shared by every test: a fresh instance folder per test, the test
-client and CLI runner (as in Flask's tutorial), the real server, and a real
-PostgreSQL server."""
+client and CLI runner (as in Flask's tutorial), the real server, a real
+PostgreSQL server, and an X screen for the window."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import json
 import os
 import re
 import shutil
@@ -13,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -24,6 +27,8 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, 
 import engines
 
 ROOT = Path(__file__).resolve().parent.parent
+OUTPUT = ROOT / "tests" / "output"  # screenshots, kept by CI as artifacts
+WINDOW_SCRIPTS = ROOT / "tests" / "window_scripts"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), default=None, key=lambda p: int(p.parent.name))
 
@@ -236,3 +241,90 @@ def pg_app(pg_url, instance_dir):
     yield app
     with app.app_context():
         engines.db.engine.dispose()
+
+
+def need_a_window() -> None:
+    """What a window takes, beyond a display: ImageMagick (screenshots),
+    pywebview with GTK, and the system's WebKitGTK."""
+    need(shutil.which("import") is not None, "ImageMagick is not installed (Debian package imagemagick)")
+    need(importlib.util.find_spec("webview") is not None and importlib.util.find_spec("gi") is not None,
+         "pywebview[gtk] is not installed (requirements-dev.txt)")
+    import gi
+
+    try:
+        gi.require_version("WebKit2", "4.1")
+    except ValueError:
+        need(False, "WebKitGTK is not installed (Debian package gir1.2-webkit2-4.1)")
+
+
+@pytest.fixture
+def display():
+    """A fresh X screen (Xvfb, 1280x800) for one test: its DISPLAY, e.g. ":3".
+
+    Xvfb picks a free display number itself (-displayfd), so that test runs
+    side by side never take the same one.
+    """
+    need(shutil.which("Xvfb") is not None, "Xvfb is not installed (Debian package xvfb)")
+    read_end, write_end = os.pipe()
+    xvfb = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write_end), "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
+        pass_fds=(write_end,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    os.close(write_end)
+    with os.fdopen(read_end) as ready:
+        number = ready.readline().strip()  # written once the screen accepts clients
+    if not number:
+        xvfb.kill()
+        pytest.fail("Xvfb did not start")
+    yield f":{number}"
+    xvfb.terminate()
+    xvfb.wait(10)
+
+
+class WindowedEngines:
+    """An Engines command (`python engines.py …` or the binary) that opens
+    its window on `display`, driven by a script of tests/window_scripts/."""
+
+    def __init__(self, command: list[str], script: str, display: str, workdir: Path,
+                 env: dict | None = None, screenshot: str | None = None):
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **(env or {}), "DISPLAY": display,
+               "ENGINES_WINDOW_TEST_SCRIPT": str(WINDOW_SCRIPTS / script),
+               "WINDOW_TEST_OUTPUT": str(workdir)}
+        env.pop("WAYLAND_DISPLAY", None)
+        if screenshot:
+            OUTPUT.mkdir(exist_ok=True)
+            env["WINDOW_TEST_SCREENSHOT"] = str(OUTPUT / screenshot)
+        self.stdout = open(workdir / "stdout.txt", "w+")  # noqa: SIM115 (closed in wait)
+        self.stderr = open(workdir / "stderr.txt", "w+")  # noqa: SIM115
+        self.process = subprocess.Popen(command, stdout=self.stdout, stderr=self.stderr, env=env, text=True)
+
+    def result(self, name: str, timeout: float = 90) -> dict:
+        """What the script reported in `name` (waits for it to appear)."""
+        path = self.workdir / name
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"no {name} from the window script; stderr: {self.output()[1]}")
+            time.sleep(0.1)
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def wait(self, timeout: float = 90) -> int:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+    def output(self) -> tuple[str, str]:
+        """What Engines printed so far: (stdout, stderr)."""
+        return ((self.workdir / "stdout.txt").read_text(), (self.workdir / "stderr.txt").read_text())
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.stdout.close()
+        self.stderr.close()
