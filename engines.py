@@ -696,18 +696,27 @@ def make_instance_dir(path: Path) -> None:
 
 
 def load_or_create_secret_key(instance_dir: Path) -> str:
-    """The app's secret key, generated on first start into a 0600 file."""
+    """The app's secret key, generated on first start into a 0600 file.
+
+    The new key is written to a file of its own, then linked into place, so
+    that an Engines starting at the same moment reads either no file or a
+    whole key, never a half-written one; the first link wins.
+    """
     path = instance_dir / "secret_key"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        key = path.read_text(encoding="ascii").strip()
-        if len(key) < 32:
-            raise StartupError(f"the secret key file {path} is damaged; delete it to make a new one")
-        return key
-    key = secrets.token_hex(32)
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(key + "\n")
+    if not path.exists():
+        fd, draft = tempfile.mkstemp(dir=instance_dir, prefix=".secret_key-")  # mode 0600
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as f:
+                f.write(secrets.token_hex(32) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            with suppress(FileExistsError):
+                os.link(draft, path)
+        finally:
+            os.unlink(draft)
+    key = path.read_text(encoding="ascii").strip()
+    if len(key) < 32:
+        raise StartupError(f"the secret key file {path} is damaged; delete it to make a new one")
     return key
 
 

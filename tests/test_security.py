@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -265,3 +266,12 @@ def test_nothing_leaves_the_data_unchanged_when_refused(client, app):
     add_engines(app, [{"title": "Main", "thrust": 1}])
     client.delete("/api/engines/1", headers={"Origin": "https://evil.example"})
     assert all_engines(app) == [(1, "Main", 1)]
+
+
+def test_engines_starting_at_the_same_moment_share_one_whole_secret_key(tmp_path):
+    (tmp_path / "i").mkdir()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        keys = set(pool.map(lambda _: engines.load_or_create_secret_key(tmp_path / "i"), range(32)))
+    assert len(keys) == 1
+    assert [p.name for p in (tmp_path / "i").iterdir()] == ["secret_key"]
+    assert (tmp_path / "i" / "secret_key").stat().st_mode & 0o777 == 0o600
