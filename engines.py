@@ -1624,8 +1624,8 @@ def handle_database_error(exc: OperationalError):
     """A write the database refused (disk full, locked too long, read-only):
     503 for this request, nothing half-written, the server stays up."""
     db.session.rollback()
-    log.error("database error on %s %s: %s", request.method, request.path, exc.orig)
-    reason = str(exc.orig) if exc.orig is not None else "the database is unavailable"
+    reason = one_line(exc)
+    log.error("database error on %s %s: %s", request.method, request.path, reason)
     error = ServiceUnavailable(f"The database could not do this ({reason}); nothing was changed.")
     return handle_http_error(error)
 
