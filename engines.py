@@ -322,9 +322,10 @@ def encode_cursor(engine: Engine, key: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(token: str, key: str):
-    """The (sort value, id) a cursor points after, or ValidationError."""
-    bad = ValidationError({"after": "Not a valid page cursor."}, "Not a valid page cursor.")
+def decode_cursor(token: str, key: str, name: str = "after"):
+    """The (sort value, id) of the engine a page cursor points at, or a
+    ValidationError naming the parameter `name` it came in."""
+    bad = ValidationError({name: "Not a valid page cursor."}, "Not a valid page cursor.")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         value, last_id = json.loads(raw)
@@ -339,10 +340,11 @@ def decode_cursor(token: str, key: str):
 
 
 def parse_list_args(args) -> dict:
-    """Check the query string of a list request: q, sort, per_page, after."""
+    """Check the query string of a list request: q, sort, per_page, and
+    one of after or before (a page cursor)."""
     errors = {}
     for name in args:
-        if name not in ("q", "sort", "per_page", "after"):
+        if name not in ("q", "sort", "per_page", "after", "before"):
             errors[name[:64]] = "Unknown parameter."
         elif len(args.getlist(name)) > 1:
             errors[name] = "Give this parameter once."
@@ -361,21 +363,26 @@ def parse_list_args(args) -> dict:
         errors["per_page"] = f"per_page must be a whole number from 1 to {MAX_PER_PAGE}."
     else:
         per_page = int(per_page_text)
-    after = args.get("after") or None
+    after, before = args.get("after") or None, args.get("before") or None
+    if after and before:
+        errors["before"] = "Give after or before, not both."
     if errors:
         raise ValidationError(errors, "Bad query parameters.")
-    if after is not None:
-        decode_cursor(after, sort.lstrip("-"))
-    return {"q": q, "sort": sort, "per_page": per_page, "after": after}
+    for name, cursor in (("after", after), ("before", before)):
+        if cursor is not None:
+            decode_cursor(cursor, sort.lstrip("-"), name)
+    return {"q": q, "sort": sort, "per_page": per_page, "after": after, "before": before}
 
 
 def list_engines(q: str = "", sort: str = "id", per_page: int = DEFAULT_PER_PAGE,
-                 after: str | None = None):
-    """One page of engines matching `q`, in `sort` order, after a cursor.
+                 after: str | None = None, before: str | None = None):
+    """One page of engines matching `q`, in `sort` order, after a cursor
+    (the next page) or before one (the previous page).
 
-    Returns (engines, total matching, cursor of the next page or None).
-    Pages are keyset-based: a page never skips or repeats an engine when
-    others are added or deleted while a client walks the list.
+    Returns (engines, total matching, cursor of the next page or None,
+    cursor of the previous page or None). Pages are keyset-based: a page
+    never skips or repeats an engine when others are added or deleted
+    while a client walks the list.
     """
     key = sort.lstrip("-")
     descending = sort.startswith("-")
@@ -384,18 +391,30 @@ def list_engines(q: str = "", sort: str = "id", per_page: int = DEFAULT_PER_PAGE
     if q:
         matching = matching.where(title_contains(q))
     total = db.session.scalar(select(func.count()).select_from(matching.subquery()))
+    # A previous page is read backwards from its cursor, then turned round.
+    backwards = before is not None
+    forwards_descending = descending != backwards
     page = matching
-    if after is not None:
-        value, last_id = decode_cursor(after, key)
+    cursor, name = (before, "before") if backwards else (after, "after")
+    if cursor is not None:
+        value, last_id = decode_cursor(cursor, key, name)
         if key == "title":
             value = func.lower(value)
-        beyond = (column < value) if descending else (column > value)
-        tie = (Engine.id < last_id) if descending else (Engine.id > last_id)
+        beyond = (column < value) if forwards_descending else (column > value)
+        tie = (Engine.id < last_id) if forwards_descending else (Engine.id > last_id)
         page = page.where(or_(beyond, and_(column == value, tie)) if key != "id" else tie)
-    order = [column.desc(), Engine.id.desc()] if descending else [column, Engine.id]
+    order = [column.desc(), Engine.id.desc()] if forwards_descending else [column, Engine.id]
     rows = db.session.scalars(page.order_by(*order).limit(per_page + 1)).all()
-    next_cursor = encode_cursor(rows[per_page - 1], key) if len(rows) > per_page else None
-    return rows[:per_page], total, next_cursor
+    more = len(rows) > per_page
+    rows = rows[:per_page]
+    if backwards:
+        rows.reverse()
+        next_cursor = encode_cursor(rows[-1], key) if rows else None
+        prev_cursor = encode_cursor(rows[0], key) if more else None
+    else:
+        next_cursor = encode_cursor(rows[-1], key) if more else None
+        prev_cursor = encode_cursor(rows[0], key) if after is not None and rows else None
+    return rows, total, next_cursor, prev_cursor
 
 
 # ---------------------------------------------------------------------------
@@ -1297,7 +1316,7 @@ def render_list(form: EngineForm, status: int = 200, rejected: ImportRejected | 
         params = parse_list_args(request.args)
     except ValidationError as exc:
         abort(400, description=" ".join(exc.fields.values()) or exc.message)
-    engines, total, next_cursor = list_engines(**params)
+    engines, total, next_cursor, prev_cursor = list_engines(**params)
     strongest = db.session.scalar(select(func.max(Engine.thrust))) or 0
     return render_template(
         "index.html",
@@ -1306,6 +1325,7 @@ def render_list(form: EngineForm, status: int = 200, rejected: ImportRejected | 
         total=total,
         params=params,
         next_cursor=next_cursor,
+        prev_cursor=prev_cursor,
         strongest=strongest,
         rejected=rejected,
         backups=backups_dir() if db.engine.dialect.name == "sqlite" else None,
@@ -1512,16 +1532,22 @@ def health():
 @api.get("/engines")
 def api_list_engines():
     params = parse_list_args(request.args)
-    engines, total, next_cursor = list_engines(**params)
-    next_url = None
-    if next_cursor:
-        query = {"after": next_cursor, "per_page": params["per_page"]}
+    engines, total, next_cursor, prev_cursor = list_engines(**params)
+
+    def page_url(**cursor):
+        query = {**cursor, "per_page": params["per_page"]}
         if params["q"]:
             query["q"] = params["q"]
         if params["sort"] != "id":
             query["sort"] = params["sort"]
-        next_url = url_for("api.api_list_engines", _external=True, **query)
-    return {"engines": [e.to_json() for e in engines], "total": total, "next": next_url}
+        return url_for("api.api_list_engines", _external=True, **query)
+
+    return {
+        "engines": [e.to_json() for e in engines],
+        "total": total,
+        "next": page_url(after=next_cursor) if next_cursor else None,
+        "prev": page_url(before=prev_cursor) if prev_cursor else None,
+    }
 
 
 @api.post("/engines")

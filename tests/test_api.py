@@ -71,7 +71,7 @@ def test_list_shape(client):
     created = post(client, {"title": "Main", "thrust": 3}).get_json()
     body = client.get("/api/engines").get_json()
     assert body == {"engines": [{"id": 1, "title": "Main", "thrust": 3, "version": 1,
-                                 "updated_at": created["updated_at"]}], "total": 1, "next": None}
+                                 "updated_at": created["updated_at"]}], "total": 1, "next": None, "prev": None}
 
 
 @pytest.mark.parametrize("method, path", [
@@ -301,6 +301,50 @@ def test_a_cursor_from_another_sort_is_refused(client, thousand):
     response = client.get(f"/api/engines?sort=thrust&after={cursor}")
     assert response.status_code == 400
     assert "after" in response.get_json()["fields"]
+
+
+def walk_back(client, url, total=1000):
+    """Follow `prev` from the page at `url` to the first page; the rows in
+    list order."""
+    pages = []
+    while url:
+        body = client.get(url).get_json()
+        assert body["total"] == total
+        pages.insert(0, [(e["id"], e["title"], e["thrust"]) for e in body["engines"]])
+        url = body["prev"]
+    return [row for page in pages for row in page]
+
+
+@pytest.mark.parametrize("sort, key", [
+    ("id", lambda r: r[0]),
+    ("-title", lambda r: (r[1].lower(), r[0])),
+    ("thrust", lambda r: (r[2], r[0])),
+])
+def test_prev_walks_back_over_every_row_exactly_once(client, thousand, sort, key):
+    url, last = f"/api/engines?sort={sort}&per_page=70", None
+    while url:  # to the last page
+        body = client.get(url).get_json()
+        assert (body["prev"] is None) == (last is None)
+        last, url = url, body["next"]
+    assert walk_back(client, last) == sorted(thousand, key=key, reverse=sort.startswith("-"))
+
+
+def test_prev_of_a_page_is_the_page_before_it(client, thousand):
+    first = client.get("/api/engines?per_page=10").get_json()
+    second = client.get(first["next"]).get_json()
+    third = client.get(second["next"]).get_json()
+    assert client.get(third["prev"]).get_json()["engines"] == second["engines"]
+    back_to_first = client.get(second["prev"]).get_json()
+    assert back_to_first["engines"] == first["engines"]
+    assert back_to_first["next"] == first["next"]
+    assert "before=" in second["prev"] and "per_page=10" in second["prev"]
+
+
+@pytest.mark.parametrize("query, field", [("before=!!!", "before"), ("before=WzEsMl0&after=WzEsMl0", "before")])
+def test_bad_previous_page_parameters_are_400(client, query, field):
+    response = client.get(f"/api/engines?{query}")
+    assert response.status_code == 400
+    assert field in response.get_json()["fields"]
 
 
 def test_paging_does_not_skip_when_rows_are_deleted_between_pages(client, thousand):

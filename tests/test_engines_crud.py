@@ -144,7 +144,12 @@ def test_search_sort_and_pages_in_the_list(client, app):
     next_link = re.search(r'href="([^"]+)" rel="next"', page).group(1).replace("&amp;", "&")
     second = client.get(next_link).get_data(as_text=True)
     assert "Engine 069" in second and "Engine 119" not in second
-    assert "First page" in second
+    assert "« First" in second
+    prev_link = re.search(r'href="([^"]+)" rel="prev"', second).group(1).replace("&amp;", "&")
+    rows = lambda html: re.findall(r'<tr id="engine-(\d+)"', html)  # noqa: E731
+    assert rows(client.get(prev_link).get_data(as_text=True)) == rows(page)
+    assert len(rows(page)) == 50
+    assert 'rel="prev"' not in page
 
 
 def test_a_bad_list_parameter_is_a_400_page_naming_it(client):

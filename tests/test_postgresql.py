@@ -142,7 +142,7 @@ def test_an_export_from_postgresql_imports_into_sqlite_as_the_same_engines(pg_ap
         assert engines.import_engines(io.BytesIO(exported)) == len(SEARCH_TITLES)
     target = target_app.test_client()
     assert target.get("/api/engines?per_page=500").get_json() == source.get("/api/engines?per_page=500").get_json() \
-        | {"next": None}
+        | {"next": None, "prev": None}
 
 
 def test_backup_and_restore_on_postgresql_say_to_use_pg_dump(pg_app, tmp_path):
