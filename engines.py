@@ -1834,11 +1834,14 @@ def keep_log(instance_dir: Path) -> None:
     logging.basicConfig(level=logging.INFO, handlers=[handler])
 
 
-def tell(message: str, *, error: bool = False) -> None:
-    """Say one line to the person: on the console, if there is one, and in the log."""
+def tell(message: str, *, error: bool = False, secret: str | None = None) -> None:
+    """Say one line to the person: on the console, if there is one, and in
+    the log, where `secret` (the access token) is left out: a log file
+    outlives the session and may be read by others."""
     # print() does nothing when sys.stdout is None, as in a windowed build.
     print(message, file=sys.stderr if error else sys.stdout, flush=True)
-    log.log(logging.ERROR if error else logging.INFO, message)
+    logged = message.replace(secret, "<token>") if secret else message
+    log.log(logging.ERROR if error else logging.INFO, logged)
 
 
 def serve(app: Flask, server, open_browser: bool) -> int:
@@ -1851,7 +1854,7 @@ def serve(app: Flask, server, open_browser: bool) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     url = server_url(app, server)
-    tell(f"Engines is running at {url}  (Ctrl-C to stop)")
+    tell(f"Engines is running at {url}  (Ctrl-C to stop)", secret=app.config["TOKEN"])
     if open_browser:
         threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
     try:
@@ -1940,7 +1943,7 @@ def show_window(app: Flask, server) -> None:
         if test_script:
             threading.Thread(target=runpy.run_path, args=(test_script,),
                              kwargs={"init_globals": {"window": window}}, daemon=True).start()
-        tell(f"Engines is running at {url}  (close the window to stop)")
+        tell(f"Engines is running at {url}  (close the window to stop)", secret=app.config["TOKEN"])
         try:
             server.run()
         finally:

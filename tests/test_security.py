@@ -186,6 +186,9 @@ def test_the_printed_url_has_the_token_when_one_is_required(tmp_path):
         assert requests.get(f"{server.url}/api/health?token={token}", timeout=5).status_code == 200
     finally:
         server.stop()
+    log = (tmp_path / "i" / "engines.log").read_text()
+    assert "?token=<token>" in log
+    assert token not in log  # the log file outlives the session: the token is never written there
 
 
 def test_on_loopback_no_token_is_needed(live_server):
