@@ -830,7 +830,7 @@ def create_app(test_config: dict | None = None, instance_path=None) -> Flask:
     app.register_blueprint(pages)
     app.register_blueprint(api, url_prefix="/api")
     csrf.exempt(api)
-    app.jinja_env.globals.update(max_thrust=MAX_THRUST, default_per_page=DEFAULT_PER_PAGE)
+    app.jinja_env.globals.update(max_thrust=MAX_THRUST, default_per_page=app.config["PER_PAGE"])
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(ValidationError, handle_validation_error)
     app.register_error_handler(EditConflict, handle_edit_conflict)

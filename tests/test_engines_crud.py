@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+import engines
 from conftest import add_engines, all_engines, csrf_token
 
 
@@ -217,3 +218,14 @@ def test_the_page_offers_export_import_and_backups(client):
                   "Download a backup", "backups"):
         assert offer in page
 
+
+
+def test_page_links_keep_a_page_size_that_differs_from_the_configured_one(tmp_path):
+    app = engines.create_app({"TESTING": True, "PER_PAGE": 3}, instance_path=tmp_path / "i")
+    add_engines(app, [{"title": f"Engine {i:03d}", "thrust": i} for i in range(60)])
+    client = app.test_client()
+    page = client.get("/?per_page=50").get_data(as_text=True)
+    next_link = re.search(r'href="([^"]+)" rel="next"', page).group(1)
+    assert "per_page=50" in next_link
+    page = client.get("/").get_data(as_text=True)
+    assert "per_page" not in re.search(r'href="([^"]+)" rel="next"', page).group(1)
