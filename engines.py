@@ -596,6 +596,7 @@ def import_engines(file, progress=lambda line: None) -> int:
     head = file.read(1024).lstrip(b"\xef\xbb\xbf \t\r\n")
     file.seek(0)
     rows = json_rows(file) if head[:1] in (b"{", b"[") else csv_rows(file)
+    begin_write()  # from the page it has begun already; from `flask import` here
     imported_at = utcnow()
     errors: list[str] = []
     bad_rows = added = 0
@@ -1700,6 +1701,7 @@ def init_db_command():
 def seed_command(count: int):
     """Add COUNT demo engines (for trying the app or measuring it)."""
     rows = [{"title": f"Engine {i:06d}", "thrust": (i * 7919) % 100_001} for i in range(1, count + 1)]
+    begin_write()
     db.session.execute(Engine.__table__.insert(), rows)
     db.session.commit()
     click.echo(f"Added {count:,} engines.")
