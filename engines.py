@@ -21,6 +21,7 @@ import os
 import re
 import runpy
 import secrets
+import shutil
 import signal
 import socket
 import sqlite3
@@ -29,8 +30,9 @@ import tempfile
 import threading
 import unicodedata
 import webbrowser
-from contextlib import closing, suppress
+from contextlib import ExitStack, closing, contextmanager, suppress
 from datetime import UTC, datetime
+from functools import partial
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -56,10 +58,14 @@ from flask_wtf import FlaskForm
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from platformdirs import user_data_dir
 from sqlalchemy import (
+    CheckConstraint,
+    Column,
     DateTime,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
+    Table,
     TypeDecorator,
     and_,
     event,
@@ -70,8 +76,9 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy import create_engine as create_sql_engine
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.engine import Engine as SqlEngine
-from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DatabaseError, DataError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.pool import NullPool
@@ -89,7 +96,7 @@ MAX_IMPORT_BODY = 64 * 1024 * 1024
 DEFAULT_PER_PAGE = 50
 MAX_PER_PAGE = 500
 SORT_KEYS = ("id", "title", "thrust")
-SCHEMA_REVISION = "2"  # the newest revision in migrations/versions/, which the model matches
+SCHEMA_REVISION = "3"  # the newest revision in migrations/versions/, which the model matches
 BACKUP_KEEP = 10  # automatic backups kept in <instance>/backups/
 EXPORT_FIELDS = ("id", "title", "thrust", "version", "updated_at")
 EXPORT_BATCH = 1000  # engines read at a time while an export streams
@@ -134,6 +141,15 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# How SQLAlchemy stores a moment in SQLite: 'YYYY-MM-DD HH:MM:SS.ffffff', which
+# datetime(…, '+0 days') gives back unchanged only for a real date and time
+# (it turns February 31 into March 3), from the year 1, where Python's start.
+SQLITE_DATETIME_CHECK = (
+    "{column} GLOB '" + "####-##-## ##:##:##.######".replace("#", "[0-9]") + "'"
+    " AND datetime(substr({column}, 1, 19), '+0 days') IS substr({column}, 1, 19) AND substr({column}, 1, 4) <> '0000'"
+)
+
+
 class UTCDateTime(TypeDecorator):
     """A moment in time, stored in UTC and read back timezone-aware
     (SQLite keeps no time zone; PostgreSQL answers in the session's)."""
@@ -153,9 +169,23 @@ class UTCDateTime(TypeDecorator):
 class Engine(db.Model):
     """One engine of the spacecraft and its current thrust."""
 
+    # The database keeps the rules too, so that no row breaks them, whoever
+    # writes it (another program, the sqlite3 shell, a crafted backup). Ids
+    # stop at MAX_INTEGER, where the API's reach stops: an engine past it
+    # could be made but never read. SQLite keeps any value in any column, so
+    # there the types and the format updated_at is stored in are rules too.
     # AUTOINCREMENT: the id of a deleted engine is never handed out again,
     # so an old link or script never silently reaches a different engine.
-    __table_args__ = {"sqlite_autoincrement": True}
+    __table_args__ = (
+        CheckConstraint(f"id BETWEEN 1 AND {MAX_INTEGER}", name="id"),
+        CheckConstraint(f"length(title) BETWEEN 1 AND {MAX_TITLE}", name="title"),
+        CheckConstraint(f"thrust BETWEEN 0 AND {MAX_THRUST}", name="thrust"),
+        CheckConstraint(f"version BETWEEN 1 AND {MAX_INTEGER}", name="version"),
+        CheckConstraint("typeof(title) = 'text' AND typeof(thrust) = 'integer' AND typeof(version) = 'integer'",
+                        name="types").ddl_if(dialect="sqlite"),
+        CheckConstraint(SQLITE_DATETIME_CHECK.format(column="updated_at"), name="updated_at").ddl_if(dialect="sqlite"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     title: Mapped[str] = mapped_column(String(MAX_TITLE), nullable=False)
@@ -575,9 +605,15 @@ def insert_batch(batch: list[tuple[int, dict]], imported_at: datetime, write: bo
     taken = set(db.session.scalars(select(Engine.id).where(Engine.id.in_(ids)))) if ids else set()
     errors = [f"Line {line}, id: engine {row['id']} already exists." for line, row in batch if row.get("id") in taken]
     if write and batch and not errors:
-        db.session.execute(Engine.__table__.insert(), [
-            {"thrust": 0, "version": 1, "updated_at": imported_at, **row} for _, row in batch
-        ])
+        try:
+            db.session.execute(Engine.__table__.insert(), [
+                {"thrust": 0, "version": 1, "updated_at": imported_at, **row} for _, row in batch
+            ])
+        except (IntegrityError, DataError) as exc:
+            if not ids_ran_out(exc):
+                raise
+            db.session.rollback()
+            raise ImportRejected(f"Nothing was imported: {NoIdsLeft.reason}", []) from None
     return errors
 
 
@@ -675,6 +711,49 @@ CONFIG_DEFAULTS = {
 }
 
 
+def whole_number(low: int, high: int | None = None):
+    return lambda value: type(value) is int and low <= value and (high is None or value <= high)
+
+
+def is_database_url(value) -> bool:
+    try:
+        make_url(value)
+    except (ArgumentError, TypeError, ValueError):
+        return False
+    return True
+
+
+# What each setting must be, as create_app checks it at start: a wrong value
+# stops Engines with one line, rather than failing request after request.
+CONFIG_RULES = {
+    "SQLALCHEMY_DATABASE_URI": (is_database_url, "a database URL, e.g. postgresql+psycopg://engines@db.example/engines"),
+    "SECRET_KEY": (lambda value: isinstance(value, str | bytes) and len(value) >= 32,
+                   "a random text of at least 32 characters"),
+    "MAX_CONTENT_LENGTH": (whole_number(1024), "a whole number of bytes from 1024 up"),
+    "MAX_IMPORT_LENGTH": (whole_number(1), "a whole number from 1 up"),
+    "PER_PAGE": (whole_number(1, MAX_PER_PAGE), f"a whole number from 1 to {MAX_PER_PAGE}"),
+    "BACKUP_KEEP": (whole_number(1), "a whole number from 1 up"),
+    "ALLOWED_HOSTS": (lambda value: isinstance(value, list | tuple)
+                      and all(isinstance(host, str) and re.fullmatch(r"[\w.:\[\]-]+", host) for host in value),
+                      'a list of host names, e.g. ["engines.lan"]'),
+    "REQUIRE_TOKEN": (lambda value: type(value) is bool, "true or false"),
+    # A token goes in URLs; a short one can be guessed over the network.
+    "TOKEN": (lambda value: value is None or bool(re.fullmatch(r"[A-Za-z0-9._~-]{16,}", value)),
+              "at least 16 letters, digits or ._~- characters"),
+    "WINDOW_TEST_SCRIPT": (lambda value: value is None or Path(value).is_file(), "a Python file that exists"),
+}
+SECRET_SETTINGS = {"SECRET_KEY", "TOKEN", "SQLALCHEMY_DATABASE_URI"}  # never echoed in an error
+
+
+def check_settings(config) -> None:
+    """StartupError naming the first setting whose value breaks its rule."""
+    for key, (rule, what) in CONFIG_RULES.items():
+        value = config[key]
+        if not rule(value):
+            shown = "" if key in SECRET_SETTINGS else f", not {repr(value)[:80]}"
+            raise StartupError(f"the setting {key} must be {what}{shown}")
+
+
 class StartupError(click.ClickException):
     """A problem that stops Engines from starting, told in one line.
 
@@ -734,8 +813,13 @@ def load_or_create_secret_key(instance_dir: Path) -> str:
                 os.link(draft, path)
         finally:
             os.unlink(draft)
-    key = path.read_text(encoding="ascii").strip()
-    if len(key) < 32:
+    try:
+        key = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "it is not the text Engines writes there"
+        raise StartupError(f"cannot read the secret key file {path} ({reason}); "
+                           "move it away, and Engines makes a new one") from None
+    if len(key) < 32 or not key.isprintable():
         raise StartupError(f"the secret key file {path} is damaged; delete it to make a new one")
     return key
 
@@ -755,6 +839,9 @@ def configure_sqlite_connection(dbapi_connection, connection_record):
     if type(dbapi_connection).__module__ != "sqlite3":
         return
     dbapi_connection.isolation_level = None
+    # Text another program stored as bytes that are not UTF-8 reads as
+    # U+FFFD, rather than as an error on every page that shows it.
+    dbapi_connection.text_factory = partial(str, encoding="utf-8", errors="replace")
     dbapi_connection.create_function(
         "engines_casefold", 1, lambda s: s.casefold() if isinstance(s, str) else s,
         deterministic=True,
@@ -797,7 +884,8 @@ def create_app(test_config: dict | None = None, instance_path=None) -> Flask:
     )
     app.config.from_mapping(CONFIG_DEFAULTS)
     app.config.update(
-        SQLALCHEMY_DATABASE_URI=f"sqlite:///{instance_dir / 'engines.sqlite3'}",
+        # A URL object, not text: any folder name works, "?" and "%" included.
+        SQLALCHEMY_DATABASE_URI=URL.create("sqlite", database=str(instance_dir / "engines.sqlite3")),
         # A desktop window may stay open for days: a form's CSRF token
         # lives as long as the session instead of one hour.
         WTF_CSRF_TIME_LIMIT=None,
@@ -815,18 +903,19 @@ def create_app(test_config: dict | None = None, instance_path=None) -> Flask:
     app.config["PROPAGATE_EXCEPTIONS"] = False
     if not app.config["SECRET_KEY"]:
         app.config["SECRET_KEY"] = load_or_create_secret_key(instance_dir)
-    for key in ("BACKUP_KEEP", "MAX_IMPORT_LENGTH"):
-        if type(app.config[key]) is not int or app.config[key] < 1:
-            raise StartupError(f"{key} must be a whole number from 1 up, not {app.config[key]!r}")
+    if app.config["TOKEN"] is not None:
+        app.config["TOKEN"] = str(app.config["TOKEN"])  # ENGINES_TOKEN=123… arrives as a number
+    check_settings(app.config)
     if app.config["REQUIRE_TOKEN"] and not app.config["TOKEN"]:
         app.config["TOKEN"] = secrets.token_urlsafe(32)
-    if app.config["TOKEN"] is not None:
-        app.config["TOKEN"] = str(app.config["TOKEN"])
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict")
     app.json.sort_keys = False
     app.json.ensure_ascii = False
 
-    db.init_app(app)
+    try:
+        db.init_app(app)
+    except (ArgumentError, ImportError) as exc:  # e.g. PostgreSQL's driver not installed
+        raise StartupError(f"cannot use the database URL in SQLALCHEMY_DATABASE_URI: {one_line(exc)}") from None
     csrf.init_app(app)
     app.register_blueprint(pages)
     app.register_blueprint(api, url_prefix="/api")
@@ -835,6 +924,7 @@ def create_app(test_config: dict | None = None, instance_path=None) -> Flask:
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(ValidationError, handle_validation_error)
     app.register_error_handler(EditConflict, handle_edit_conflict)
+    app.register_error_handler(NoIdsLeft, handle_no_ids_left)
     app.register_error_handler(OperationalError, handle_database_error)
     app.register_error_handler(Exception, handle_unexpected_error)
     app.before_request(check_host)
@@ -878,6 +968,313 @@ def one_line(exc: Exception) -> str:
     return " ".join(str(getattr(exc, "orig", None) or exc).split())
 
 
+def sqlite_file() -> Path | None:
+    """The file of the app's SQLite database; None on PostgreSQL or in memory."""
+    url = db.engine.url
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database)
+
+
+def database_description() -> str:
+    """The database, as messages name it: its file, or its URL without the password."""
+    path = sqlite_file()
+    return str(path) if path else db.engine.url.render_as_string(hide_password=True)
+
+
+# -- What Engines makes, at each revision ------------------------------------
+
+# Alembic's table of the schema revision, as Alembic makes it, so that a
+# database at SCHEMA_REVISION is checked without importing Alembic (0.2 s).
+ALEMBIC_VERSION = Table("alembic_version", MetaData(), Column("version_num", String(32), nullable=False),
+                        PrimaryKeyConstraint("version_num", name="alembic_version_pkc"))
+
+# The engine table of the tutorial model Engines grew from, as its
+# db.create_all() made it (tests/tutorial_databases.py runs that model's
+# code): no AUTOINCREMENT, title and thrust nullable. Engines opens it as
+# revision 1; revision 3 brings its values within the rules.
+TUTORIAL_ENGINE = Table("engine", MetaData(), Column("id", Integer, primary_key=True, autoincrement=True),
+                        Column("title", String(128)), Column("thrust", Integer))
+TUTORIAL = "tutorial"  # the revision name build_schema knows it by
+
+SQL_TOKEN = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|`[^`]*`|\[[^\]]*\]|\w+|\S""")
+
+POSTGRESQL_BEHAVIOUR = text("""
+    SELECT 'trigger', c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+      JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT t.tgisinternal AND n.nspname = :schema
+    UNION ALL SELECT 'rule', tablename, rulename FROM pg_rules WHERE schemaname = :schema
+    UNION ALL SELECT 'policy', tablename, policyname FROM pg_policies WHERE schemaname = :schema
+    UNION ALL SELECT 'row security', c.relname, '' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.relrowsecurity AND n.nspname = :schema
+""")
+
+EXPECTED_SCHEMAS: dict[tuple, frozenset] = {}  # (dialect, server version, revision): its schema
+
+
+def sql_tokens(sql: str | None) -> tuple[str, ...]:
+    """A statement as SQLite keeps it in sqlite_master, as tokens: how names
+    are quoted, their case and the spacing do not count; string literals do."""
+    tokens = []
+    for token in SQL_TOKEN.findall(sql or ""):
+        if token[0] in "\"`[":
+            token = token[1:-1].replace('""', '"').upper()
+        elif token[0] != "'":
+            token = token.upper()
+        tokens.append(token)
+    return tuple(tokens)
+
+
+def sqlite_schema(connection) -> frozenset:
+    """Every table, index, trigger and view of a SQLite database, each as
+    (kind, table, name, its statement); SQLite's own bookkeeping
+    (sqlite_sequence, sqlite_stat1, sqlite_autoindex_…) is left out.
+    SQLite keeps each statement as it was written, so this is all of it:
+    columns, types, defaults, constraints, collations."""
+    rows = connection.exec_driver_sql(
+        "SELECT type, tbl_name, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite!_%' ESCAPE '!'")
+    return frozenset((kind, table, name, sql_tokens(sql)) for kind, table, name, sql in rows)
+
+
+def postgresql_schema(connection, schema: str | None = None) -> frozenset:
+    """Every table, column, constraint, index, view, trigger, rule and policy
+    of a PostgreSQL schema (by default the current one), each as
+    (kind, table, name, what it is)."""
+    inspector = inspect(connection)
+    schema = schema or connection.scalar(text("SELECT current_schema()"))
+    items: set[tuple] = set()
+    # A scratch schema (expected_schema) holds temporary tables, which
+    # get_table_names leaves out.
+    temporary = inspector.get_temp_table_names() if schema.startswith("pg_temp") else []
+    for table in [*inspector.get_table_names(schema), *temporary]:
+        for column in inspector.get_columns(table, schema):
+            # A serial column's default names its sequence, with its schema.
+            default = re.sub(r"nextval\('[^']*'::regclass\)", "nextval(serial)", column["default"] or "")
+            items.add(("column", table, column["name"], (repr(column["type"]), column["nullable"], default,
+                                                          repr(column.get("identity")), repr(column.get("computed")))))
+        primary_key = inspector.get_pk_constraint(table, schema)
+        items.add(("primary key", table, primary_key["name"], tuple(primary_key["constrained_columns"])))
+        for key in inspector.get_foreign_keys(table, schema):
+            items.add(("foreign key", table, key["name"], repr(sorted(key.items(), key=str))))
+        for index in inspector.get_indexes(table, schema):
+            items.add(("index", table, index["name"], repr(sorted(index.items(), key=str))))
+        for unique in inspector.get_unique_constraints(table, schema):
+            items.add(("unique", table, unique["name"], tuple(unique["column_names"])))
+        for check in inspector.get_check_constraints(table, schema):
+            items.add(("check", table, check["name"], check["sqltext"]))
+    for view in [*inspector.get_view_names(schema), *inspector.get_materialized_view_names(schema)]:
+        items.add(("view", view, view, ""))
+    for kind, table, name in connection.execute(POSTGRESQL_BEHAVIOUR, {"schema": schema}):
+        items.add((kind, table, name, ""))
+    return frozenset(items)
+
+
+def schema_of(connection) -> frozenset:
+    if connection.dialect.name == "sqlite":
+        return sqlite_schema(connection)
+    return postgresql_schema(connection)
+
+
+def build_schema(connection, revision: str | None, tutorial: bool = False) -> None:
+    """Make in the empty database behind `connection` what Engines makes at
+    `revision`; with `tutorial`, what it makes of a database the tutorial's
+    model made (revision None: that database as the tutorial left it)."""
+    if revision == SCHEMA_REVISION and not tutorial:
+        db.metadata.create_all(connection)
+        ALEMBIC_VERSION.create(connection)
+        return
+    if tutorial:
+        TUTORIAL_ENGINE.create(connection)
+        if revision is None:
+            return
+    from alembic import command
+
+    config, _ = migrations(connection)
+    if tutorial:
+        command.stamp(config, "1")
+    command.upgrade(config, revision)
+
+
+def expected_schema(connection, revision: str | None, tutorial: bool = False) -> frozenset:
+    """The schema build_schema makes, in the database system behind
+    `connection`: built once per process in a scratch database (SQLite: in
+    memory; PostgreSQL: this session's temporary schema, in a transaction
+    that is rolled back), then remembered."""
+    key = (connection.dialect.name, connection.dialect.server_version_info, revision, tutorial)
+    if key in EXPECTED_SCHEMAS:
+        return EXPECTED_SCHEMAS[key]
+    if connection.dialect.name == "sqlite":
+        scratch_engine = create_sql_engine("sqlite://", poolclass=NullPool)
+        with scratch_engine.connect() as scratch, scratch.begin():
+            build_schema(scratch, revision, tutorial)
+            schema = sqlite_schema(scratch)
+        scratch_engine.dispose()
+    else:
+        with connection.engine.connect() as scratch:
+            transaction = scratch.begin()
+            try:
+                scratch.exec_driver_sql("SET LOCAL search_path TO pg_temp")
+                build_schema(scratch, revision, tutorial)
+                temporary = scratch.scalar(text("SELECT nspname FROM pg_namespace WHERE oid = pg_my_temp_schema()"))
+                schema = postgresql_schema(scratch, temporary)
+            finally:
+                transaction.rollback()
+    EXPECTED_SCHEMAS[key] = schema
+    return schema
+
+
+def without_table(schema: frozenset, table: str) -> frozenset:
+    return frozenset(item for item in schema if item[1] != table)
+
+
+def schema_difference(found: frozenset, expected: frozenset) -> str:
+    """What sets a database apart from what Engines makes, in a few words."""
+
+    def tables(schema):
+        return {item[1] for item in schema if item[0] in ("table", "column")}
+
+    foreign = ", ".join(sorted(tables(found) - tables(expected)))
+    if "engine" not in tables(found):
+        return f"it holds another program's tables ({foreign}), not Engines'" if foreign else "it has no engine table"
+    if foreign:
+        return f"it has tables Engines never makes ({foreign})"
+    extra, missing = sorted(found - expected, key=repr), sorted(expected - found, key=repr)
+    kind, table, name, _ = (extra or missing)[0]
+    if kind in ("table", "column", "primary key"):
+        return f"its {table} table is not the one Engines makes"
+    if kind == "row security":
+        return f"its {table} table has row security, which Engines never sets"
+    article = "an" if kind[0] in "aeiou" else "a"
+    where = "" if kind == "view" else f" on its {table} table"
+    if extra:
+        return f"it has {article} {kind} “{name}”{where} that Engines never makes"
+    return f"it lacks the {kind} “{name}”{where} that Engines makes"
+
+
+def stored_revision(connection) -> str | None:
+    """The revision in the database's alembic_version table, if it has one."""
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    revisions = connection.scalars(text("SELECT version_num FROM alembic_version")).all()
+    if len(revisions) != 1:
+        raise UnknownSchema(f"its alembic_version table holds {len(revisions)} revisions, not one")
+    return revisions[0]
+
+
+def current_revision() -> str | None:
+    with db.engine.connect() as connection:
+        return stored_revision(connection)
+
+
+def known_revision(connection, revision: str) -> bool:
+    if revision == SCHEMA_REVISION:
+        return True
+    _, script = migrations(connection)
+    return revision in {known.revision for known in script.walk_revisions()}
+
+
+def check_schema(connection) -> str | None:
+    """The schema revision of the database behind `connection`, once its
+    whole schema (tables, columns, types, constraints, indexes, triggers,
+    views) is found to be what Engines makes at that revision: None for an
+    empty database. A database from before migrations, made by an early
+    Engines or by the tutorial's model, is at the first revision.
+    Raises UnknownSchema for anything else. Reads only."""
+    found = schema_of(connection)
+    if not found:
+        return None
+    revision = stored_revision(connection)
+    if revision is None:
+        early = without_table(expected_schema(connection, "1"), "alembic_version")
+        if found in (early, expected_schema(connection, None, tutorial=True)):
+            return "1"
+        raise UnknownSchema(schema_difference(found, early))
+    if not known_revision(connection, revision):
+        raise UnknownSchema(f"a newer version of Engines wrote it (schema revision {revision[:40]}; "
+                            f"this version knows revisions up to {SCHEMA_REVISION})")
+    expected = expected_schema(connection, revision)
+    # Below the newest revision, a tutorial's database an older Engines
+    # upgraded differs (on PostgreSQL it could be upgraded to revision 2).
+    if found != expected and (revision == SCHEMA_REVISION or found != expected_schema(connection, revision, True)):
+        raise UnknownSchema(schema_difference(found, expected))
+    return revision
+
+
+# -- Reading a database without changing it ------------------------------------
+
+# What SQLite answers a read-only connection to a database that needs
+# recovering first: a hot journal, or a WAL without its -shm index.
+NEEDS_RECOVERY = {"SQLITE_READONLY_ROLLBACK", "SQLITE_READONLY_RECOVERY", "SQLITE_READONLY_CANTINIT",
+                  "SQLITE_READONLY_CANTLOCK", "SQLITE_CANTOPEN"}
+
+
+def read_only_uri(path: Path) -> str:
+    """A URI that reads the SQLite file `path` and changes not a byte of it,
+    nor of the -wal and -shm beside it.
+
+    A plain read-only connection still writes the WAL's -shm index, and the
+    last connection to close checkpoints the WAL into the file and deletes
+    both. readonly_shm=1 reads a WAL through its index without writing it.
+    A file whose header says WAL but has no -wal beside it holds everything
+    itself: immutable=1 reads it with no lock and no side file at all.
+    """
+    uri = path.resolve().as_uri()
+    if Path(f"{path}-wal").exists():
+        return f"{uri}?mode=ro&readonly_shm=1"
+    try:
+        with path.open("rb") as f:
+            in_wal_mode = f.read(20)[18:19] == b"\x02"
+    except OSError:
+        in_wal_mode = False  # SQLite will say what is wrong
+    return f"{uri}?mode=ro&immutable=1" if in_wal_mode else f"{uri}?mode=ro"
+
+
+@contextmanager
+def reading_untouched(path: Path):
+    """A connection that reads the SQLite database in `path` as it stands
+    and leaves the file, and its -wal, -shm or -journal, exactly as they
+    were. Where SQLite would first have to recover the database, the files
+    are copied into a private folder and the copy is read."""
+    with ExitStack() as stack:
+        uri = read_only_uri(path)
+        try:
+            with closing(sqlite3.connect(uri, uri=True)) as probe:
+                probe.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError as exc:
+            side_files = [Path(f"{path}{suffix}") for suffix in ("-wal", "-journal")]
+            if exc.sqlite_errorname not in NEEDS_RECOVERY or not any(p.exists() for p in side_files):
+                raise
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".reading-",
+                                                                          dir=current_app.instance_path)))
+            for suffix in ("", "-wal", "-journal"):
+                if Path(f"{path}{suffix}").exists():
+                    shutil.copyfile(f"{path}{suffix}", folder / f"copy.sqlite3{suffix}")
+            uri = (folder / "copy.sqlite3").as_uri()
+        engine = create_sql_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True), poolclass=NullPool)
+        stack.callback(engine.dispose)
+        yield stack.enter_context(engine.connect())
+
+
+def check_sqlite_file(connection) -> str | None:
+    """check_schema, after SQLite's quick_check of every page (which also
+    checks every row against the NOT NULL and CHECK constraints)."""
+    verdict = connection.exec_driver_sql("PRAGMA quick_check").scalar()
+    if verdict != "ok":
+        raise UnknownSchema(f"it is damaged (SQLite's quick_check says: {' '.join(verdict.split())[:200]})")
+    return check_schema(connection)
+
+
+def refuse_read_only_file(path: Path) -> None:
+    """Engines writes every change to its database: a file it may only read
+    is refused at start rather than failing every change later."""
+    for target, what in ((path, "database file"), (path.parent, "folder of the database")):
+        if not os.access(target, os.W_OK):
+            raise StartupError(f"the {what} {target} is read-only, and Engines writes every change into it: "
+                               "make it writable, or start Engines on a copy (--instance)")
+
+
+# -- Upgrades ------------------------------------------------------------------
+
+
 def migrations(connection):
     """Alembic's settings and scripts for the revisions in migrations/, to
     run on `connection` (migrations/env.py takes it from the settings).
@@ -914,51 +1311,44 @@ def lock_schema(connection) -> None:
         connection.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('engines schema'))")
 
 
-def stored_revision(connection) -> str | None:
-    """The revision in the database's alembic_version table, if it has one."""
-    if not inspect(connection).has_table("alembic_version"):
-        return None
-    return connection.scalar(text("SELECT version_num FROM alembic_version"))
-
-
-def current_revision() -> str | None:
-    with db.engine.connect() as connection:
-        return stored_revision(connection)
-
-
-def schema_revision(connection, script) -> str | None:
-    """The schema revision of the database behind `connection`: None when it
-    has no engine table yet; the first revision for a database made by an
-    Engines from before migrations. Raises UnknownSchema for any other."""
-    inspector = inspect(connection)
-    revision = stored_revision(connection)
-    has_engine_table = inspector.has_table("engine")
-    if revision is None and has_engine_table:
-        columns = sorted(column["name"] for column in inspector.get_columns("engine"))
-        if columns != ["id", "thrust", "title"]:
-            raise UnknownSchema(f"its engine table has columns Engines never made ({', '.join(columns)})")
-        return script.get_base()
-    if revision is not None and revision not in {known.revision for known in script.walk_revisions()}:
-        raise UnknownSchema(f"a newer version of Engines wrote it (schema revision {revision}; "
-                            f"this version knows revisions up to {script.get_current_head()})")
-    if revision is not None and not has_engine_table:
-        raise UnknownSchema("it has no engine table")
-    return revision
-
-
-def upgrade_schema(config, current: str | None, head: str) -> None:
+def upgrade_schema(connection, current: str | None) -> list[dict]:
     """Create the schema (`current` None) or run the revisions after
-    `current` up to `head`."""
+    `current` up to the newest. Returns the values the revisions changed
+    to bring them within the rules (see migrations/versions/3_…)."""
     from alembic import command
 
-    connection = config.attributes["connection"]
+    config, script = migrations(connection)
+    head = script.get_current_head()
     if current is None:
         db.metadata.create_all(connection)
         command.stamp(config, head)
-        return
+        return []
     if not inspect(connection).has_table("alembic_version"):
-        command.stamp(config, current)  # made by an Engines from before migrations
+        command.stamp(config, current)  # made by an Engines from before migrations, or the tutorial
     command.upgrade(config, head)
+    return config.attributes.get("adjusted", [])
+
+
+def report_adjusted(adjusted: list[dict], label: str) -> Path:
+    """Write the values an upgrade changed into a CSV file beside the
+    backups (engine, field, was, now); returns its path."""
+    folder = backups_dir()
+    folder.mkdir(exist_ok=True)
+    path = folder / f"engines-{utcnow().strftime(FILE_TIME)}-{label}-adjusted.csv"
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["engine", "field", "was", "now"])
+        writer.writeheader()
+        writer.writerows(adjusted)
+    return path
+
+
+def adjusted_note(adjusted: list[dict], report: Path) -> str:
+    values = "1 value" if len(adjusted) == 1 else f"{len(adjusted):,} values"
+    return (f"{values} that Engines' rules do not allow (from the tutorial's model, or made by hand) "
+            f"{'was' if len(adjusted) == 1 else 'were'} changed to the nearest allowed: see {report}")
+
+
+# -- Backups -------------------------------------------------------------------
 
 
 def backups_dir() -> Path:
@@ -1017,63 +1407,74 @@ def prune_automatic_backups() -> None:
         path.unlink()
 
 
+# -- Opening the database at start ---------------------------------------------
+
+
 def prepare_database() -> Path | None:
     """Bring the database to the newest schema revision; create_app calls it.
 
-    A new database gets the tables, stamped at the newest revision. An
-    older one is first backed up if it is a SQLite file (if that fails, it
-    is not upgraded), then upgraded in one transaction, so that a failure
-    leaves it as it was. Returns the path of that backup, if one was taken.
-    Raises StartupError for a database it must not touch, cannot read
-    (damaged, not SQLite, unreadable, read-only) or could not upgrade;
-    such a file is left exactly as it was.
+    A SQLite file is first read without changing a byte of it (see
+    reading_untouched): its pages, and its schema against what Engines
+    makes at its revision (check_schema). A new database gets the tables,
+    stamped at the newest revision. An older one is first backed up if it is
+    a SQLite file (if that fails, it is not upgraded), then upgraded in one
+    transaction, so that a failure leaves it as it was. Returns the path of
+    that backup, if one was taken. Raises StartupError for a database it
+    must not touch, cannot read (damaged, not SQLite, unreadable, read-only)
+    or could not upgrade; such a file is left exactly as it was.
     """
-    where = db.engine.url.render_as_string(hide_password=True)
+    where, path = database_description(), sqlite_file()
     try:
+        if path is not None and path.exists():
+            with reading_untouched(path) as connection:
+                check_sqlite_file(connection)
+            refuse_read_only_file(path)
         with schema_change(db.engine) as connection, connection.begin():
             lock_schema(connection)
-            backup = upgrade_to_newest(connection, where)
-        if db.engine.dialect.name == "sqlite":
+            backup, adjusted, label = upgrade_to_newest(connection, where)
+        if path is not None:
             with db.engine.connect() as connection:
                 # On the driver's connection, outside any transaction: the
                 # journal mode cannot change inside one. WAL lets readers go
                 # on while an engine is written; it stays on in the file.
                 connection.connection.driver_connection.execute("PRAGMA journal_mode = WAL")
-        return backup
     except UnknownSchema as exc:
         raise StartupError(f"will not open the database {where}: {exc}. It was left untouched.") from None
-    except DatabaseError as exc:
+    except (DatabaseError, sqlite3.DatabaseError) as exc:
         raise StartupError(f"cannot use the database {where}: {one_line(exc)}; it was left as it is") from None
+    if adjusted:
+        tell(f"engines: upgrading the database {where}: {adjusted_note(adjusted, report_adjusted(adjusted, label))}",
+             warning=True)
+    return backup
 
 
-def upgrade_to_newest(connection, where: str) -> Path | None:
-    """prepare_database's work, inside its transaction."""
-    if connection.dialect.name == "sqlite":
-        verdict = connection.exec_driver_sql("PRAGMA quick_check").scalar()
-        if verdict != "ok":
-            raise UnknownSchema(f"it is damaged (SQLite's quick_check says: {' '.join(verdict.split())[:200]})")
-    if stored_revision(connection) == SCHEMA_REVISION:
-        return None
-    config, script = migrations(connection)
-    current, head = schema_revision(connection, script), script.get_current_head()
+def upgrade_to_newest(connection, where: str) -> tuple[Path | None, list[dict], str]:
+    """prepare_database's work, inside its transaction: (the backup taken,
+    the values changed, the upgrade's label)."""
+    current = check_schema(connection)  # again: another Engines may have upgraded it since
+    if current == SCHEMA_REVISION:
+        return None, [], ""
     if current is None:
-        upgrade_schema(config, None, head)  # a new database
-        return None
-    backup = None
+        upgrade_schema(connection, None)  # a new database
+        return None, [], ""
+    label, backup = f"rev{current}-to-rev{SCHEMA_REVISION}", None
     if connection.dialect.name == "sqlite":
         try:
-            backup = back_up(f"rev{current}-to-rev{head}")
+            backup = back_up(label)
         except (OSError, sqlite3.Error) as exc:
             raise StartupError(f"could not back up the database {where} before upgrading it from revision "
-                               f"{current} to {head}, so it was not upgraded: {one_line(exc)}") from None
+                               f"{current} to {SCHEMA_REVISION}, so it was not upgraded: {one_line(exc)}") from None
         prune_automatic_backups()
     try:
-        upgrade_schema(config, current, head)
+        adjusted = upgrade_schema(connection, current)
     except Exception as exc:
         kept = f"; a copy from before the upgrade is in {backup}" if backup else ""
-        raise StartupError(f"upgrading the database {where} from revision {current} to {head} failed "
+        raise StartupError(f"upgrading the database {where} from revision {current} to {SCHEMA_REVISION} failed "
                            f"({one_line(exc)}), so it was left as it was{kept}") from exc
-    return backup
+    return backup, adjusted, label
+
+
+# -- Backing up and restoring on request -----------------------------------------
 
 
 def back_up_now() -> Path:
@@ -1084,37 +1485,62 @@ def back_up_now() -> Path:
     return back_up(f"rev{current_revision()}")
 
 
-def restore_database(source: Path) -> Path:
+def check_titles(connection) -> None:
+    """Raise UnknownSchema naming the first engine whose title breaks a rule
+    the database cannot check itself: UTF-8, and check_title's characters."""
+    for engine_id, raw in connection.exec_driver_sql("SELECT id, CAST(title AS BLOB) FROM engine"):
+        try:
+            check_title(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise UnknownSchema(f"engine {engine_id}'s title is not UTF-8 text") from None
+        except ValueError as exc:
+            raise UnknownSchema(f"engine {engine_id}'s title breaks Engines' rules: {exc}") from None
+
+
+def match_page_size(staged) -> None:
+    """Give the staged database the page size of the app's: SQLite's backup
+    API cannot write pages of another size into a database in WAL mode."""
+    with db.engine.connect() as live:
+        size = live.exec_driver_sql("PRAGMA page_size").scalar()
+    with staged.connect() as connection:
+        driver = connection.connection.driver_connection
+        if driver.execute("PRAGMA page_size").fetchone()[0] != size:
+            driver.execute(f"PRAGMA page_size = {int(size)}")
+            driver.execute("VACUUM")
+
+
+def restore_database(source: Path) -> tuple[Path, str | None]:
     """Replace the database's content with the Engines database in the file
     `source` (a backup), upgraded to the newest revision, after a backup of
-    the current one; returns the path of that backup.
+    the current one. Returns the path of that backup, and a note on the
+    values the upgrade changed (None if it changed none).
 
-    Raises UnknownSchema, with nothing changed, if `source` is not an
-    Engines database (or is damaged). The content is written with SQLite's
-    backup API, so an Engines still running on the database sees either the
-    old engines or the restored ones.
+    `source` is only read (reading_untouched). Raises UnknownSchema, with
+    nothing changed, if it is not an Engines database: damaged, a schema
+    that is not what Engines makes at its revision, or a title that breaks
+    the rules. The content is written with SQLite's backup API, so an
+    Engines still running on the database sees either the old engines or
+    the restored ones.
     """
     if db.engine.dialect.name != "sqlite":
         raise NoFileBackup(PG_BACKUP_ADVICE)
     staged = Path(current_app.instance_path) / f"restoring-{secrets.token_hex(4)}.sqlite3"
-    staged_engine = create_sql_engine(f"sqlite:///{staged}", poolclass=NullPool)
+    staged_engine = create_sql_engine(URL.create("sqlite", database=str(staged)), poolclass=NullPool)
     try:
         try:
-            with closing(sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)) as original:
-                copy_sqlite_database(original, staged)
+            with reading_untouched(source) as original:
+                copy_sqlite_database(original.connection.driver_connection, staged)
         except sqlite3.DatabaseError as exc:
             raise UnknownSchema(f"it is not a SQLite database ({exc})") from None
         try:
             with schema_change(staged_engine) as connection, connection.begin():
-                if connection.exec_driver_sql("PRAGMA quick_check").scalar() != "ok":
-                    raise UnknownSchema("it is damaged (SQLite's quick_check finds errors)")
-                config, script = migrations(connection)
-                current, head = schema_revision(connection, script), script.get_current_head()
+                current = check_sqlite_file(connection)
                 if current is None:
                     raise UnknownSchema("it has no engine table")
-                if current != head:
-                    upgrade_schema(config, current, head)
-        except SQLAlchemyError as exc:
+                adjusted = upgrade_schema(connection, current) if current != SCHEMA_REVISION else []
+                check_titles(connection)
+            match_page_size(staged_engine)
+        except (SQLAlchemyError, sqlite3.Error) as exc:
             raise UnknownSchema(f"it cannot be read or upgraded ({one_line(exc)})") from None
         backup = back_up(f"rev{current_revision()}-before-restore")
         prune_automatic_backups()
@@ -1123,7 +1549,8 @@ def restore_database(source: Path) -> Path:
     finally:
         staged_engine.dispose()
         staged.unlink(missing_ok=True)
-    return backup
+    note = adjusted_note(adjusted, report_adjusted(adjusted, f"restored-rev{current}")) if adjusted else None
+    return backup, note
 
 
 # ---------------------------------------------------------------------------
@@ -1156,19 +1583,20 @@ def token_required(host: str, config) -> bool:
     return bool(config["REQUIRE_TOKEN"]) or not is_loopback(host)
 
 
-def guard_server(app: Flask, host: str, port: int) -> None:
-    """Tell the app the address it is served on: its Host allowlist, and the
+def guard_server(app: Flask, host: str, address: str, port: int) -> None:
+    """Tell the app the address it is served on (`host` as the user gave
+    it, `address` the IP address it names): its Host allowlist, and the
     access token when one is required."""
-    names = {host.lower(), f"[{host.lower()}]"}
-    if is_loopback(host):
+    names = {host.lower(), f"[{host.lower()}]", address, f"[{address}]"}
+    if is_loopback(address):
         names |= {"127.0.0.1", "localhost", "[::1]"}
-    elif ipaddress.ip_address(host).is_unspecified:
+    elif ipaddress.ip_address(address).is_unspecified:
         # Listening on every interface: this machine's names and addresses.
         names |= {"127.0.0.1", "localhost", "[::1]", socket.gethostname().lower(), socket.getfqdn().lower()}
         with suppress(OSError):
             names |= {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
     app.config["SERVED_HOSTS"] = frozenset(f"{name}:{port}" for name in names)
-    if token_required(host, app.config):
+    if token_required(address, app.config):
         app.config["REQUIRE_TOKEN"] = True
         app.config["TOKEN"] = app.config["TOKEN"] or secrets.token_urlsafe(32)
 
@@ -1344,9 +1772,7 @@ def create_engine():
     values = form.validated_values()
     if values is None:
         return render_list(form, status=400)
-    engine = Engine(**values)
-    db.session.add(engine)
-    db.session.commit()
+    engine = add_engine(values)
     flash(f"Added “{engine.title}”.", "success")
     return redirect(url_for("pages.index"))
 
@@ -1355,6 +1781,34 @@ def get_engine_or_404(engine_id: int) -> Engine:
     engine = db.session.get(Engine, engine_id) if engine_id <= MAX_INTEGER else None
     if engine is None:
         abort(404, description=f"Engine {engine_id} was not found.")
+    return engine
+
+
+class NoIdsLeft(Exception):
+    """No new engine can be added: the ids up to MAX_INTEGER are used up."""
+
+    reason = (f"no ids are left for new engines. Ids go up to {MAX_INTEGER:,}, the most the API can "
+              "reach, and an engine with the highest one exists (an import gave it that id).")
+
+
+def ids_ran_out(exc: SQLAlchemyError) -> bool:
+    """Whether an insert failed for want of an id: SQLite's CHECK on the id
+    (AUTOINCREMENT went past MAX_INTEGER), PostgreSQL's sequence at its end."""
+    return "engine_id_check" in str(exc.orig) or getattr(exc.orig, "sqlstate", None) == "2200H"
+
+
+def add_engine(values: dict) -> Engine:
+    """Add an engine with checked `values` (validate_engine's) and commit it;
+    NoIdsLeft if no id is left for it."""
+    engine = Engine(**values)
+    db.session.add(engine)
+    try:
+        db.session.commit()
+    except (IntegrityError, DataError) as exc:
+        db.session.rollback()
+        if ids_ran_out(exc):
+            raise NoIdsLeft() from None
+        raise
     return engine
 
 
@@ -1553,10 +2007,7 @@ def api_list_engines():
 
 @api.post("/engines")
 def api_create_engine():
-    values = validate_engine(read_json_object())
-    engine = Engine(**values)
-    db.session.add(engine)
-    db.session.commit()
+    engine = add_engine(validate_engine(read_json_object()))
     location = url_for("api.api_get_engine", engine_id=engine.id)
     return engine_response(engine, 201, {"Location": location})
 
@@ -1673,6 +2124,13 @@ def handle_validation_error(exc: ValidationError):
     return render_template("error.html", error=exc, fields=exc.fields), 400
 
 
+def handle_no_ids_left(exc: NoIdsLeft):
+    message = f"Nothing was added: {NoIdsLeft.reason}"
+    if wants_json():
+        return {"error": message, "fields": {"id": NoIdsLeft.reason}}, 409
+    return render_template("error.html", error=Conflict(message)), 409
+
+
 def handle_edit_conflict(exc: EditConflict):
     if wants_json():
         body = {"error": f"{exc} Read it again and base your change on that version.", "engine": exc.engine.to_json()}
@@ -1725,12 +2183,16 @@ def restore_command(file: Path):
     """Replace the database with FILE, a backup; the current database is
     backed up first, and FILE is upgraded if an older Engines wrote it."""
     try:
-        backup = restore_database(file)
+        backup, note = restore_database(file)
     except NoFileBackup as exc:
         raise click.ClickException(str(exc)) from None
     except UnknownSchema as exc:
         raise click.ClickException(f"Did not restore {file}: {exc}. Nothing was changed.") from None
+    except (OSError, sqlite3.Error, SQLAlchemyError) as exc:
+        raise click.ClickException(f"Did not restore {file}: {one_line(exc)}. Nothing was changed.") from None
     click.echo(f"Restored {file}. The database as it was before is in {backup}")
+    if note:
+        click.echo(f"Restoring it upgraded it: {note}")
 
 
 @click.command("export")
@@ -1794,18 +2256,29 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+def resolve_host(host: str) -> str:
+    """The IP address `--host` names: an address (`127.1` is 127.0.0.1) or
+    a host name; StartupError if it names none."""
+    try:
+        return socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0]
+    except (OSError, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise StartupError(f"cannot listen on {host!r}: it is not an address or a known host name ({reason})") from None
+
+
 def make_server(app: Flask, host: str, port: int | None):
     """A waitress server bound to host:port (None: 5000, or any free port if taken)."""
     from waitress import create_server
 
+    address = resolve_host(host)
     if port is None:
-        port = DEFAULT_PORT if port_is_free(host, DEFAULT_PORT) else 0
+        port = DEFAULT_PORT if port_is_free(address, DEFAULT_PORT) else 0
     try:
-        server = create_server(app, host=host, port=port, threads=8, ident=APP_NAME)
+        server = create_server(app, host=address, port=port, threads=8, ident=APP_NAME)
     except OSError as exc:
         reason = "the port is already in use" if exc.errno in (98, 48, 10048) else exc.strerror or str(exc)
         raise StartupError(f"cannot listen on {host}:{port}: {reason}") from None
-    guard_server(app, host, server.effective_port)
+    guard_server(app, host, address, server.effective_port)
     return server
 
 
@@ -1836,14 +2309,15 @@ def keep_log(instance_dir: Path) -> None:
     logging.basicConfig(level=logging.INFO, handlers=[handler])
 
 
-def tell(message: str, *, error: bool = False, secret: str | None = None) -> None:
-    """Say one line to the person: on the console, if there is one, and in
-    the log, where `secret` (the access token) is left out: a log file
-    outlives the session and may be read by others."""
+def tell(message: str, *, error: bool = False, warning: bool = False, secret: str | None = None) -> None:
+    """Say one line to the person: on the console, if there is one (errors
+    and warnings on stderr), and in the log, where `secret` (the access
+    token) is left out: a log file outlives the session and may be read by
+    others."""
     # print() does nothing when sys.stdout is None, as in a windowed build.
-    print(message, file=sys.stderr if error else sys.stdout, flush=True)
+    print(message, file=sys.stderr if error or warning else sys.stdout, flush=True)
     logged = message.replace(secret, "<token>") if secret else message
-    log.log(logging.ERROR if error else logging.INFO, logged)
+    log.log(logging.ERROR if error else logging.WARNING if warning else logging.INFO, logged)
 
 
 def serve(app: Flask, server, open_browser: bool) -> int:
@@ -1852,14 +2326,15 @@ def serve(app: Flask, server, open_browser: bool) -> int:
     def stop(signum, frame):
         raise KeyboardInterrupt
 
-    # Both, also after a window that could not open had taken them.
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
     url = server_url(app, server)
-    tell(f"Engines is running at {url}  (Ctrl-C to stop)", secret=app.config["TOKEN"])
-    if open_browser:
-        threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
     try:
+        # Both, also after a window that could not open had taken them; and
+        # inside the try, for a signal that comes the moment they are set.
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        tell(f"Engines is running at {url}  (Ctrl-C to stop)", secret=app.config["TOKEN"])
+        if open_browser:
+            threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
         server.run()
     except KeyboardInterrupt:
         pass
@@ -2026,7 +2501,7 @@ def main(argv=None) -> int:
     except StartupError as exc:
         tell(f"engines: {exc}", error=True)
         return 2
-    if not is_loopback(args.host):
+    if not is_loopback(server.effective_host):
         tell(f"engines: warning: listening on {args.host}, reachable from other machines; "
              "every request needs the access token shown in the URL below.", error=True)
     # The binary is started by a double-click: it opens its window unless told otherwise.

@@ -26,7 +26,7 @@ from conftest import (
     sqlite_dump,
 )
 
-MANUAL_BACKUP = re.compile(r"engines-\d{8}T\d{6}Z-rev2(-\d+)?\.sqlite3")
+MANUAL_BACKUP = re.compile(rf"engines-\d{{8}}T\d{{6}}Z-rev{engines.SCHEMA_REVISION}(-\d+)?\.sqlite3")
 ENGINES = [{"title": "Main", "thrust": 1500}, {"title": "Ракета-носитель", "thrust": 820},
            {"title": "火箭", "thrust": 4}]
 
@@ -78,7 +78,7 @@ def test_download_a_backup(client, app, instance_dir):
     response = client.get("/api/backup")
     assert response.status_code == 200
     assert response.mimetype == "application/vnd.sqlite3"
-    assert re.fullmatch(r'attachment; filename="engines-\d{8}T\d{6}Z-rev2\.sqlite3"',
+    assert re.fullmatch(rf'attachment; filename="engines-\d{{8}}T\d{{6}}Z-rev{engines.SCHEMA_REVISION}\.sqlite3"',
                         response.headers["Content-Disposition"])
     body = response.get_data()
     response.close()
@@ -141,8 +141,8 @@ def from_a_newer_engines(path: Path) -> None:
     (not_sqlite, "it is not a SQLite database (file is not a database)"),
     (lambda path: path.write_bytes(b""), "it has no engine table"),
     (damaged, "it cannot be read or upgraded (database disk image is malformed)"),
-    (without_engine_table, "it has no engine table"),
-    (with_other_columns, "its engine table has columns Engines never made (id, name, power)"),
+    (without_engine_table, "it holds another program's tables (notes), not Engines'"),
+    (with_other_columns, "its engine table is not the one Engines makes"),
     (from_a_newer_engines, "a newer version of Engines wrote it (schema revision 7"),
 ])
 def test_restore_refuses_what_is_not_an_engines_database(runner, app, instance_dir, tmp_path, make, reason):

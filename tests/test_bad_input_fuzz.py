@@ -49,7 +49,7 @@ fuzz = settings(max_examples=150, suppress_health_check=[HealthCheck.function_sc
 def served_client(app):
     """The test client of an app that believes it is served on 127.0.0.1:5000,
     so that the Host check and the Origin check are on."""
-    engines.guard_server(app, "127.0.0.1", 5000)
+    engines.guard_server(app, "127.0.0.1", "127.0.0.1", 5000)
     client = app.test_client()
 
     def open_served(path, **kwargs):

@@ -24,7 +24,8 @@ from sqlalchemy.engine import Engine as SqlEngine
 import engines
 from conftest import ROOT, all_engines, file_hash, make_revision_1_database, revision_1_rows, sqlite_dump
 
-UPGRADE_BACKUP = re.compile(r"engines-\d{8}T\d{6}Z-rev1-to-rev2\.sqlite3")
+HEAD = engines.SCHEMA_REVISION
+UPGRADE_BACKUP = re.compile(rf"engines-\d{{8}}T\d{{6}}Z-rev1-to-rev{HEAD}\.sqlite3")
 
 
 def database(instance: Path) -> Path:
@@ -89,7 +90,7 @@ def test_a_new_database_is_made_and_stamped_at_the_newest_revision(app, instance
 def test_schema_revision_names_the_newest_of_the_migrations(app):
     with app.app_context(), engines.db.engine.connect() as connection:
         _, script = engines.migrations(connection)
-        assert [s.revision for s in reversed(list(script.walk_revisions()))] == ["1", "2"]
+        assert [s.revision for s in reversed(list(script.walk_revisions()))] == ["1", "2", "3"]
         assert script.get_current_head() == engines.SCHEMA_REVISION
 
 
@@ -110,7 +111,7 @@ def test_a_database_from_before_migrations_is_upgraded_keeping_every_engine(old_
     assert {e["version"] for e in shown} == {1}
     assert all(before <= datetime.fromisoformat(e["updated_at"]) <= after for e in shown)
     with app.app_context():
-        assert engines.current_revision() == "2"
+        assert engines.current_revision() == HEAD
 
     [backup] = backups(instance_dir)
     assert UPGRADE_BACKUP.fullmatch(backup.name)
@@ -175,7 +176,7 @@ def test_a_failure_in_the_middle_of_the_upgrade_leaves_the_database_byte_for_byt
         event.remove(SqlEngine, "before_cursor_execute", record)
 
     message = str(refused.value)
-    assert "from revision 1 to 2 failed (database or disk is full)" in message
+    assert f"from revision 1 to {HEAD} failed (database or disk is full)" in message
     assert "left as it was" in message
     assert any(s.startswith("ALTER TABLE engine ADD COLUMN version") for s in statements), \
         "the failure came after the upgrade had changed the table"
@@ -200,7 +201,7 @@ def test_a_database_from_a_newer_engines_is_refused_and_left_untouched(instance_
     start(instance_dir)
     with closing(sqlite3.connect(database(instance_dir))) as connection:
         connection.execute("ALTER TABLE engine ADD COLUMN colour TEXT")
-        connection.execute("UPDATE alembic_version SET version_num = '3'")
+        connection.execute(f"UPDATE alembic_version SET version_num = '{int(HEAD) + 1}'")
         connection.commit()
     original_hash = file_hash(database(instance_dir))
 
@@ -208,7 +209,7 @@ def test_a_database_from_a_newer_engines_is_refused_and_left_untouched(instance_
                              "--instance", str(instance_dir)], capture_output=True, text=True, timeout=60)
     assert served.returncode == 2
     assert served.stderr.startswith("engines: will not open the database")
-    assert "a newer version of Engines wrote it (schema revision 3" in served.stderr
+    assert f"a newer version of Engines wrote it (schema revision {int(HEAD) + 1}" in served.stderr
     assert served.stderr.strip().count("\n") == 0 and "Traceback" not in served.stderr
 
     exported = subprocess.run([sys.executable, "-m", "flask", "--app", "engines", "export"], cwd=ROOT,
@@ -229,7 +230,7 @@ def test_an_engine_table_that_engines_did_not_make_is_refused_untouched(instance
         connection.execute("INSERT INTO engine (name) VALUES ('not ours')")
         connection.commit()
     original_hash = file_hash(database(instance_dir))
-    with pytest.raises(engines.StartupError, match=r"its engine table has columns Engines never made \(id, name\)"):
+    with pytest.raises(engines.StartupError, match=r"its engine table is not the one Engines makes"):
         engines.create_app({"TESTING": True}, instance_path=instance_dir)
     assert file_hash(database(instance_dir)) == original_hash
 
@@ -257,7 +258,7 @@ def test_two_engines_starting_at_once_upgrade_the_database_once(old_database, in
 def test_only_the_newest_automatic_backups_are_kept(old_database, instance_dir):
     folder = instance_dir / "backups"
     folder.mkdir()
-    older = ["engines-20260101T000000Z-rev1-to-rev2.sqlite3", "engines-20260102T000000Z-rev1-to-rev2.sqlite3",
+    older = ["engines-20260101T000000Z-rev1-to-rev2.sqlite3", "engines-20260102T000000Z-rev1-to-rev3.sqlite3",
              "engines-20260103T000000Z-rev1-to-rev2-2.sqlite3", "engines-20260103T000000Z-rev2-before-restore.sqlite3"]
     kept_anyway = ["engines-20250101T000000Z-rev1.sqlite3", "notes.txt"]
     for name in older + kept_anyway:
@@ -291,8 +292,9 @@ def test_new_revision_writes_the_next_revision_from_the_model(tmp_path):
                             cwd=source, env={**os.environ, "ENGINES_INSTANCE": str(tmp_path / "instance")},
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    written = source / "migrations" / "versions" / "3_colour_of_engines.py"
+    following = str(int(HEAD) + 1)
+    written = source / "migrations" / "versions" / f"{following}_colour_of_engines.py"
     assert f"Wrote {written}" in result.stdout
     revision = written.read_text()
-    assert "revision = '3'" in revision and "down_revision = '2'" in revision
+    assert f"revision = '{following}'" in revision and f"down_revision = '{HEAD}'" in revision
     assert re.search(r"def upgrade\(\):\n(\s*#.*\n)*\s*pass\n", revision)

@@ -7,8 +7,11 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
+from alembic import command
+from markupsafe import escape
 from sqlalchemy import create_engine, event, inspect, make_url, text
 from sqlalchemy.engine import Engine as SqlEngine
+from test_opening_databases import make_tutorial
 
 import engines
 from conftest import (
@@ -208,3 +211,101 @@ def test_a_page_write_that_crosses_another_is_refused_not_lost(pg_app, someone_e
     page = response.get_data(as_text=True)
     assert "was changed by someone else since you read it" in page or "Someone else changed this engine" in page
     assert all_engines(pg_app) == [(1, "Theirs", 1)]
+
+
+# -- databases Engines did not make, on the tutorial's own database system ----------------
+
+# Each engine of tutorial_databases.POSTGRESQL_KINDS after the upgrade: (id, title, thrust).
+POSTGRESQL_KINDS_UPGRADED = [
+    (1, "Main", 1200), (2, "No thrust given", 0), (3, "Engine 3", 0), (4, "Engine 4", 0), (5, "Engine 5", 0),
+    (6, "x" * 128, engines.MAX_INTEGER), (7, "Tab here, line break", 0), (8, "bell  and DEL  and NEL", 0),
+    (9, "  padded  ", 0), (10, "Ракета-носитель 🚀 火箭 محرك", 0), (11, "negative", 0), (12, "the lowest", 0),
+    (13, "number as text", 42), (14, "negative id", 0), (15, "id zero", 0),
+]
+
+
+def pg_app_on(url: str, instance_dir):
+    return engines.create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": url}, instance_path=instance_dir)
+
+
+def dispose(app) -> None:
+    with app.app_context():
+        engines.db.engine.dispose()
+
+
+def test_every_kind_of_database_the_tutorial_s_model_makes_on_postgresql_opens_with_every_engine(pg_url, instance_dir):
+    make_tutorial(pg_url, "postgresql")
+    app = pg_app_on(pg_url, instance_dir)
+    try:
+        client = app.test_client()
+        listed = client.get("/api/engines?per_page=500").get_json()["engines"]
+        assert [(e["id"], e["title"], e["thrust"]) for e in listed] == POSTGRESQL_KINDS_UPGRADED
+        page = client.get("/?per_page=500").get_data(as_text=True)
+        assert all(str(escape(title)) in page for _, title, _ in POSTGRESQL_KINDS_UPGRADED)
+        assert client.post("/api/engines", json={"title": "New"}).get_json()["id"] == 16
+        [report] = (instance_dir / "backups").glob("*-rev1-to-rev3-adjusted.csv")
+        assert "3,title,NULL,Engine 3" in report.read_text(encoding="utf-8")
+    finally:
+        dispose(app)
+
+
+def test_a_tutorial_database_an_older_engines_upgraded_on_postgresql_opens(pg_url, instance_dir):
+    """The previous Engines could upgrade a tutorial's PostgreSQL database to
+    revision 2, its title and thrust still nullable: that one opens too."""
+    make_tutorial(pg_url, "postgresql")
+    scratch = pg_app_on(f"sqlite:///{instance_dir / 'scratch.sqlite3'}", instance_dir / "scratch")
+    with scratch.app_context():
+        older = create_engine(pg_url)
+        with older.connect() as connection, connection.begin():
+            config, _ = engines.migrations(connection)
+            command.stamp(config, "1")
+            command.upgrade(config, "2")
+        older.dispose()
+    app = pg_app_on(pg_url, instance_dir)
+    try:
+        listed = app.test_client().get("/api/engines?per_page=500").get_json()["engines"]
+        assert [(e["id"], e["title"], e["thrust"]) for e in listed] == POSTGRESQL_KINDS_UPGRADED
+    finally:
+        dispose(app)
+
+
+WIPE = ("CREATE FUNCTION wipe() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN DELETE FROM engine; RETURN NULL; END $$;"
+        " CREATE TRIGGER wipe AFTER UPDATE ON engine EXECUTE FUNCTION wipe()")
+
+
+@pytest.mark.parametrize("sabotage, words", [
+    (WIPE, "it has a trigger “wipe” on its engine table that Engines never makes"),
+    ("CREATE RULE keep AS ON DELETE TO engine DO INSTEAD NOTHING", "it has a rule “keep”"),
+    ("CREATE TABLE invoices (id serial PRIMARY KEY)", "it has tables Engines never makes (invoices)"),
+    ("CREATE VIEW everything AS SELECT * FROM engine", "it has a view “everything”"),
+    ("ALTER TABLE engine ENABLE ROW LEVEL SECURITY", "its engine table has row security"),
+    ("ALTER TABLE engine DROP CONSTRAINT engine_thrust_check", "it lacks the check “engine_thrust_check”"),
+    ("ALTER TABLE engine ALTER COLUMN title DROP NOT NULL", "its engine table is not the one Engines makes"),
+])
+def test_a_postgresql_database_engines_did_not_make_is_refused_and_left_as_it_was(pg_app, pg_url, instance_dir,
+                                                                                   sabotage, words):
+    pg_app.test_client().post("/api/engines", json={"title": "Main"})
+    dispose(pg_app)
+    database = create_engine(pg_url)
+    with database.begin() as connection:
+        connection.exec_driver_sql(sabotage)
+    with database.connect() as connection:
+        before = (engines.postgresql_schema(connection), connection.execute(text("SELECT * FROM engine")).all())
+    with pytest.raises(engines.StartupError) as refused:
+        pg_app_on(pg_url, instance_dir / "again")
+    assert words in str(refused.value) and "It was left untouched." in str(refused.value)
+    with database.connect() as connection:
+        assert (engines.postgresql_schema(connection), connection.execute(text("SELECT * FROM engine")).all()) == before
+    database.dispose()
+
+
+def test_no_id_the_api_cannot_reach_is_handed_out_on_postgresql(pg_app):
+    client = pg_app.test_client()
+    path = pg_app.instance_path + "/top.csv"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"id,title\n{engines.MAX_INTEGER},Top\n")
+    assert pg_app.test_cli_runner().invoke(args=["import", path]).exit_code == 0
+    refused = client.post("/api/engines", json={"title": "Next"})
+    assert refused.status_code == 409 and "no ids are left" in refused.get_json()["error"]
+    assert client.get(f"/api/engines/{engines.MAX_INTEGER}").get_json()["title"] == "Top"
+    assert all_engines(pg_app) == [(engines.MAX_INTEGER, "Top", 0)]

@@ -143,8 +143,8 @@ def write_until_killed(url: str, cycle: int, acknowledged: dict, in_flight: dict
             assert response.status_code == 200, response.text
             acknowledged[engine_id] = (title, i + 1)
             in_flight.clear()
-        except requests.ConnectionError:
-            return
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
+            return  # killed before the answer, or in the middle of it: not acknowledged
 
 
 def test_every_acknowledged_write_survives_kill_9(tmp_path):
@@ -255,6 +255,20 @@ def test_an_unreadable_database_is_refused_and_kept(shared_tmp):
     db_file.chmod(0o000)
     before = digest(db_file)
     assert_refused_and_untouched(start_engines(instance, as_other_user()), db_file, before, "unable to open")
+
+
+def test_a_read_only_database_file_is_refused_and_kept(shared_tmp):
+    need(os.geteuid() != 0 or shutil.which("setpriv") is not None, "setpriv (util-linux) to drop root")
+    instance = shared_tmp / "instance"
+    db_file = make_database(instance)
+    instance.chmod(0o777)
+    (instance / "secret_key").chmod(0o644)
+    db_file.chmod(0o444)
+    before = digest(db_file)
+    result = start_engines(instance, as_other_user())
+    assert_refused_and_untouched(result, db_file, before, "is read-only, and Engines writes every change into it")
+    assert sorted(path.name for path in instance.iterdir()) == ["engines.log", "engines.sqlite3", "secret_key"], \
+        "no -wal or -shm was made beside it"
 
 
 def test_a_database_in_a_read_only_folder_is_refused_and_kept(shared_tmp):

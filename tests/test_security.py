@@ -144,7 +144,7 @@ def test_a_token_is_required_exactly_off_loopback(host, required):
 
 @pytest.fixture
 def token_server(tmp_path):
-    server = LiveServer(tmp_path / "i", env={"ENGINES_REQUIRE_TOKEN": "true", "ENGINES_TOKEN": "s3cret-token"})
+    server = LiveServer(tmp_path / "i", env={"ENGINES_REQUIRE_TOKEN": "true", "ENGINES_TOKEN": "s3cret-token-of-mine"})
     yield server
     server.stop()
 
@@ -161,7 +161,8 @@ def test_in_token_mode_a_request_without_the_token_is_401(token_server):
 
 def test_in_token_mode_the_printed_url_carries_the_token_and_a_cookie_carries_on(token_server):
     browser = requests.Session()
-    response = browser.get(f"{token_server.url}/?token=s3cret-token&sort=-thrust", timeout=5, allow_redirects=False)
+    response = browser.get(f"{token_server.url}/?token=s3cret-token-of-mine&sort=-thrust", timeout=5,
+                           allow_redirects=False)
     assert response.status_code == 302
     assert response.headers["Location"] == "/?sort=-thrust"
     cookie = response.headers["Set-Cookie"]
@@ -171,7 +172,7 @@ def test_in_token_mode_the_printed_url_carries_the_token_and_a_cookie_carries_on
 
 
 def test_in_token_mode_scripts_send_a_bearer_token(token_server):
-    headers = {"Authorization": "Bearer s3cret-token"}
+    headers = {"Authorization": "Bearer s3cret-token-of-mine"}
     created = requests.post(f"{token_server.url}/api/engines", json={"title": "Main"}, headers=headers, timeout=5)
     assert created.status_code == 201
     assert "Set-Cookie" not in created.headers
