@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import closing
 from pathlib import Path
 
 import psycopg
@@ -184,6 +185,14 @@ def revision_1_rows(count: int = 1000) -> list[dict]:
 
 def file_hash(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def schema_statements(path: Path) -> set[tuple]:
+    """Every table, index, trigger and view of a SQLite file, as statements
+    compared the way Engines compares them at start (engines.sql_tokens)."""
+    with closing(sqlite3.connect(f"{Path(path).as_uri()}?mode=ro", uri=True)) as connection:
+        rows = connection.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
+        return {(kind, name, engines.sql_tokens(sql)) for kind, name, sql in rows}
 
 
 def sqlite_dump(path: Path) -> list[str]:

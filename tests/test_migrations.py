@@ -22,7 +22,15 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine as SqlEngine
 
 import engines
-from conftest import ROOT, all_engines, file_hash, make_revision_1_database, revision_1_rows, sqlite_dump
+from conftest import (
+    ROOT,
+    all_engines,
+    file_hash,
+    make_revision_1_database,
+    revision_1_rows,
+    schema_statements,
+    sqlite_dump,
+)
 
 HEAD = engines.SCHEMA_REVISION
 UPGRADE_BACKUP = re.compile(rf"engines-\d{{8}}T\d{{6}}Z-rev1-to-rev{HEAD}\.sqlite3")
@@ -298,3 +306,33 @@ def test_new_revision_writes_the_next_revision_from_the_model(tmp_path):
     revision = written.read_text()
     assert f"revision = '{following}'" in revision and f"down_revision = '{HEAD}'" in revision
     assert re.search(r"def upgrade\(\):\n(\s*#.*\n)*\s*pass\n", revision)
+
+
+# -- databases the earlier releases made, with their own code ---------------------------
+
+RELEASE_ENGINES = [(1, "Main", 1000), (2, "Ракета-носитель", 2_147_483_647), (4, "ΣΊΣΥΦΟΣ", 4000),
+                   (5, 'Main, "the big one"', 5000), (6, "<b>x</b>", 6000), (7, "100% throttle", 7000),
+                   (8, "🚀 booster", 8000), (9, "Trimmed", 9000)]
+
+
+@pytest.mark.parametrize("release", ["release-1", "release-2"])
+def test_a_database_an_earlier_release_made_opens_with_every_engine(instance_dir, tmp_path, release):
+    """tests/fixtures/ holds databases the earlier releases made through their
+    own API (tests/fixtures/make_release_databases rebuilds them from git)."""
+    made = ROOT / "tests" / "fixtures" / f"engines-{release}.sqlite3"
+    instance_dir.mkdir()
+    shutil.copy(made, database(instance_dir))
+    with closing(sqlite3.connect(made)) as connection:
+        kept = connection.execute("SELECT * FROM engine ORDER BY id").fetchall()
+
+    client = engines.create_app({"TESTING": True}, instance_path=instance_dir).test_client()
+    shown = client.get("/api/engines").get_json()["engines"]
+    assert [(e["id"], e["title"], e["thrust"]) for e in shown] == RELEASE_ENGINES
+    if release == "release-2":  # versions and times are kept as that release left them
+        assert [(e["version"], e["updated_at"][:26]) for e in shown] == \
+            [(version, updated_at.replace(" ", "T")) for _, _, _, version, updated_at in kept]
+    assert client.post("/api/engines", json={"title": "New"}).get_json()["id"] == 11, "retired ids stay retired"
+    [backup] = backups(instance_dir)
+    assert sqlite_dump(backup) == sqlite_dump(made)
+    start(tmp_path / "new")
+    assert schema_statements(database(instance_dir)) == schema_statements(database(tmp_path / "new"))

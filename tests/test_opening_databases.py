@@ -22,7 +22,7 @@ import pytest
 from markupsafe import escape
 
 import engines
-from conftest import ROOT, all_engines, csrf_token, file_hash, need, sqlite_dump
+from conftest import ROOT, all_engines, csrf_token, file_hash, need, schema_statements, sqlite_dump
 
 TUTORIAL_SCRIPT = ROOT / "tests" / "tutorial_databases.py"
 HEAD = engines.SCHEMA_REVISION
@@ -455,12 +455,6 @@ def test_every_way_to_the_newest_revision_gives_the_schema_a_new_database_has(tm
         engines.create_app({"TESTING": True}, instance_path=instance)
         schemas[name] = schema_statements(database(instance))
     assert schemas["early Engines"] == schemas["tutorial"] == schema_statements(database(fresh))
-
-
-def schema_statements(path: Path) -> set:
-    with closing(sqlite3.connect(path)) as connection:
-        rows = connection.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
-        return {(kind, name, engines.sql_tokens(sql)) for kind, name, sql in rows}
 
 
 def test_an_instance_folder_with_any_name_keeps_the_database_inside_it(tmp_path):
