@@ -95,6 +95,7 @@ EXPORT_FIELDS = ("id", "title", "thrust", "version", "updated_at")
 EXPORT_BATCH = 1000  # engines read at a time while an export streams
 IMPORT_BATCH = 5000  # engines checked and inserted at a time
 IMPORT_ERRORS_SHOWN = 10
+ECHO_LIMIT = 64  # characters of a name a user gave that an error message repeats
 FILE_TIME = "%Y%m%dT%H%M%SZ"  # UTC, in the names of backups and exports
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 BUSY_TIMEOUT_MS = 10_000
@@ -186,6 +187,19 @@ class ValidationError(Exception):
 # Control characters (NUL included), lone surrogates (which no database can
 # store) and line or paragraph separators have no place in a one-line title.
 FORBIDDEN_CATEGORIES = {"Cc", "Cs", "Zl", "Zp"}
+# Echoed in a message, format characters are escaped too: a bidi override
+# can make a name read as something else.
+ESCAPED_CATEGORIES = FORBIDDEN_CATEGORIES | {"Cf"}
+
+
+def echo_safe(text: str, limit: int = ECHO_LIMIT) -> str:
+    """Text a user gave (a field, parameter, column, host or file name), made
+    safe to show back in a message: no more than `limit` characters (then
+    "…"), and lone surrogates, control and format characters written as
+    escapes (\\ud800, \\x00), so that any response or terminal can encode it."""
+    shown = "".join(ch.encode("unicode_escape").decode("ascii")
+                    if unicodedata.category(ch) in ESCAPED_CATEGORIES else ch for ch in text[:limit])
+    return shown + "…" if len(text) > limit else shown
 
 
 def check_title(value) -> str:
@@ -267,7 +281,7 @@ def validate_engine(data, *, partial: bool = False, imported: bool = False) -> d
     clean: dict = {}
     for name in data:
         if name not in checks:
-            errors[str(name)[:64]] = "Unknown field."
+            errors[echo_safe(name)] = "Unknown field."
     for name, check in checks.items():
         if name not in data:
             continue
@@ -345,7 +359,7 @@ def parse_list_args(args) -> dict:
     errors = {}
     for name in args:
         if name not in ("q", "sort", "per_page", "after", "before"):
-            errors[name[:64]] = "Unknown parameter."
+            errors[echo_safe(name)] = "Unknown parameter."
         elif len(args.getlist(name)) > 1:
             errors[name] = "Give this parameter once."
     q = args.get("q", "").strip()
@@ -504,7 +518,8 @@ def csv_rows(file):
             raise refuse_file("the file is empty; a CSV import starts with its column names.", 1)
         unknown = [name for name in columns if name not in IMPORT_CHECKS]
         if unknown:
-            raise refuse_file(f"unknown column “{unknown[0][:64]}”; the columns are {', '.join(EXPORT_FIELDS)}.", 1)
+            raise refuse_file(f"unknown column “{echo_safe(unknown[0])}”; "
+                              f"the columns are {', '.join(EXPORT_FIELDS)}.", 1)
         if len(set(columns)) < len(columns) or "title" not in columns:
             raise refuse_file(f"give each column once, title included: {', '.join(EXPORT_FIELDS)}.", 1)
         start = reader.line_num + 1
@@ -1182,7 +1197,7 @@ def check_host():
     host = request.headers.get("Host", "").lower()
     extra = {h.lower() for h in current_app.config["ALLOWED_HOSTS"]}
     if host not in served and host not in extra and host.rpartition(":")[0] not in extra:
-        abort(400, description=f"This server does not answer to the host name {host[:100]!r}.")
+        abort(400, description=f"This server does not answer to the host name “{echo_safe(host, 100)}”.")
     return None
 
 
@@ -1450,12 +1465,13 @@ def import_file():
     if upload is None or not upload.filename:
         flash("Choose a CSV or JSON file to import.", "error")
         return redirect(url_for("pages.index"))
+    name = echo_safe(upload.filename, 100)
     try:
         count = import_engines(upload.stream)
     except ImportRejected as rejected:
-        flash(f"Nothing was imported from “{upload.filename}”: the problems are listed under Import, below.", "error")
+        flash(f"Nothing was imported from “{name}”: the problems are listed under Import, below.", "error")
         return render_list(EngineForm(formdata=None), status=400, rejected=rejected)
-    flash(f"Imported {count:,} engine{'' if count == 1 else 's'} from “{upload.filename}”.", "success")
+    flash(f"Imported {count:,} engine{'' if count == 1 else 's'} from “{name}”.", "success")
     return redirect(url_for("pages.index"))
 
 
@@ -1755,7 +1771,7 @@ def import_command(file: Path):
     with file.open("rb") as engines_file:
         lines = 1 + sum(block.count(b"\n") for block in iter(lambda: engines_file.read(1 << 20), b""))
         engines_file.seek(0)
-        with click.progressbar(length=lines, label=f"Importing {file.name}") as bar:
+        with click.progressbar(length=lines, label=f"Importing {echo_safe(file.name, 100)}") as bar:
             try:
                 count = import_engines(engines_file, progress=lambda line: bar.update(line - bar.pos))
             except ImportRejected as rejected:

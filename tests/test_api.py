@@ -166,6 +166,32 @@ def test_malformed_or_non_object_json_is_400(client, app, raw):
     assert all_engines(app) == []
 
 
+@pytest.mark.parametrize("raw, shown", [
+    (r'{"\ud800": 1}', r"\ud800"),
+    (r'{"a\udfffb": 1}', r"a\udfffb"),
+    (r'{"\u0000x\u001b[31m": 1}', r"\x00x\x1b[31m"),
+    (r'{"\u202egnp.exe": 1}', r"\u202egnp.exe"),
+    ('{"' + "k" * 5000 + '": 1}', "k" * 64 + "…"),
+])
+def test_a_field_name_is_echoed_with_surrogates_and_control_characters_escaped(client, app, raw, shown):
+    response = client.post("/api/engines", data=raw, content_type="application/json")
+    assert response.status_code == 400
+    assert response.get_json()["fields"][shown] == "Unknown field."
+    assert all_engines(app) == []
+
+
+@pytest.mark.parametrize("query, shown", [
+    ("%01x=1", r"\x01x"),
+    ("%E2%80%AEx=1", r"\u202ex"),
+    ("%ED%A0%80=1", "%ED%A0%80"),  # a surrogate's bytes are not UTF-8: Werkzeug keeps them quoted
+    ("p" * 5000 + "=1", "p" * 64 + "…"),
+])
+def test_a_parameter_name_is_echoed_with_control_characters_escaped(client, query, shown):
+    response = client.get(f"/api/engines?{query}")
+    assert response.status_code == 400
+    assert response.get_json()["fields"][shown] == "Unknown parameter."
+
+
 @pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
                                           "multipart/form-data; boundary=x", "application/jsonx"])
 def test_write_without_json_content_type_is_415(client, app, content_type):

@@ -151,6 +151,11 @@ def test_the_first_ten_problems_are_listed_with_how_many_rows_have_them(client, 
     (b"title\nA\x00B\n", "Line 2, title: Title must not contain control characters."),
     (b'{"engines": [\n{"title": "A", "colour": "red"}\n]}', "Line 2, colour: Unknown field."),
     (b'{"engines": [\n["A", 1]\n]}', "Line 2: Each engine must be a JSON object"),
+    (b'{"engines": [\n{"title": "A"},\n{"title": "B", "\\ud800": 1}\n]}', "Line 3, \\ud800: Unknown field."),
+    (b'{"engines": [\n{"title": "A", "\\u001b[2J": 1}\n]}', "Line 2, \\x1b[2J: Unknown field."),
+    (b'{"engines": [\n{"title": "\\ud800"}\n]}', "Line 2, title: Title must not contain control characters."),
+    (b'{"engines": [\n{"title": "A", "thrust": ' + b"[" * 50 + b"]" * 50 + b"}\n]}",
+     "Line 2, thrust: Thrust must be a whole number."),
 ])
 def test_rows_that_break_a_rule_refuse_the_file_naming_line_and_reason(client, app, content, problem):
     add_engines(app, [{"title": "First", "thrust": 0}])
@@ -173,6 +178,7 @@ def test_rows_that_break_a_rule_refuse_the_file_naming_line_and_reason(client, a
     (b'{"engines": [\n{"title": "A"}\n]}\n{"more": 1}', "Line 3: the file must end with “]}” after the engines."),
     (b'[{"title": "A"}]', 'Line 1: a JSON import is shaped as Engines exports it'),
     (b'{"items": []}', 'Line 1: a JSON import is shaped as Engines exports it'),
+    (b"title,\x01\xe2\x80\xae" + b"c" * 500 + b"\nA,1\n", "Line 1: unknown column “\\x01\\u202e" + "c" * 62 + "…”"),
 ])
 def test_a_file_that_is_not_an_export_is_refused_saying_where(client, app, content, problem):
     response = upload(client, content)
