@@ -561,6 +561,11 @@ def json_rows(file):
             value, end = decoder.raw_decode(text, position)
         except json.JSONDecodeError as exc:
             raise refuse_file(f"this is not valid JSON: {exc.msg}.", exc.lineno) from None
+        except RecursionError:  # how Python's JSON decoder meets deep nesting
+            raise refuse_file("this engine is nested too deeply; an engine is one JSON object of plain values.",
+                              line) from None
+        except ValueError:  # Python refuses to read integers of more than 4,300 digits
+            raise refuse_file("a number in this engine has far too many digits.", line) from None
         yield line, value
         after = JSON_AFTER_ENGINE.match(text, end)
         if not after:
@@ -1503,8 +1508,12 @@ def read_json_object():
         data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         abort(400, description="The body is not valid UTF-8.")
-    except ValueError as exc:
+    except RecursionError:  # how Python's JSON decoder meets deep nesting
+        abort(400, description="The body is nested too deeply: send one JSON object of plain values.")
+    except json.JSONDecodeError as exc:
         abort(400, description=f"The body is not valid JSON: {exc}.")
+    except ValueError:  # Python refuses to read integers of more than 4,300 digits
+        abort(400, description="The body is not valid JSON: a number in it has far too many digits.")
     if not isinstance(data, dict):
         abort(400, description="The body must be a JSON object.")
     return data

@@ -166,6 +166,24 @@ def test_malformed_or_non_object_json_is_400(client, app, raw):
     assert all_engines(app) == []
 
 
+@pytest.mark.parametrize("raw", ["[" * 5000, "[" * 5000 + "]" * 5000, '{"title": ' * 3000,
+                                 '{"a": ' * 3000 + "1" + "}" * 3000,
+                                 '{"title": "x", "thrust": ' + "[" * 5000 + "]" * 5000 + "}"])
+def test_a_body_nested_too_deeply_is_400_saying_so(client, app, raw):
+    response = client.post("/api/engines", data=raw, content_type="application/json")
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "The body is nested too deeply: send one JSON object of plain values."
+    assert all_engines(app) == []
+
+
+def test_a_number_with_thousands_of_digits_is_400(client, app):
+    response = client.post("/api/engines", data='{"title": "x", "thrust": 1' + "0" * 5000 + "}",
+                           content_type="application/json")
+    assert response.status_code == 400
+    assert "too many digits" in response.get_json()["error"]
+    assert all_engines(app) == []
+
+
 @pytest.mark.parametrize("raw, shown", [
     (r'{"\ud800": 1}', r"\ud800"),
     (r'{"a\udfffb": 1}', r"a\udfffb"),
