@@ -88,6 +88,7 @@ MAX_JSON_BODY = 64 * 1024
 MAX_IMPORT_BODY = 64 * 1024 * 1024
 DEFAULT_PER_PAGE = 50
 MAX_PER_PAGE = 500
+MAX_CURSOR = 1024  # characters; a cursor Engines makes (a title of 128 and an id) has fewer than 720
 SORT_KEYS = ("id", "title", "thrust")
 SCHEMA_REVISION = "2"  # the newest revision in migrations/versions/, which the model matches
 BACKUP_KEEP = 10  # automatic backups kept in <instance>/backups/
@@ -338,18 +339,29 @@ def encode_cursor(engine: Engine, key: str) -> str:
 
 def decode_cursor(token: str, key: str, name: str = "after"):
     """The (sort value, id) of the engine a page cursor points at, or a
-    ValidationError naming the parameter `name` it came in."""
+    ValidationError naming the parameter `name` it came in.
+
+    A cursor comes from the client, so its value is held to the rules of
+    what it stands for (a title, or a number SQL can hold) before any SQL
+    sees it."""
     bad = ValidationError({name: "Not a valid page cursor."}, "Not a valid page cursor.")
+    if len(token) > MAX_CURSOR:
+        raise bad
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         value, last_id = json.loads(raw)
-    except (binascii.Error, ValueError, TypeError):
+    except (binascii.Error, ValueError, TypeError, RecursionError):
         raise bad from None
     expected = str if key == "title" else int
     if type(last_id) is not int or type(value) is not expected:
         raise bad
     if expected is int and not (-(2**63) <= value < 2**63 and -(2**63) <= last_id < 2**63):
         raise bad
+    if expected is str:
+        try:
+            check_title(value)
+        except ValueError:
+            raise bad from None
     return value, last_id
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime
 
@@ -12,6 +13,12 @@ from conftest import SEARCH_CASES, SEARCH_TITLES, add_engines, all_engines
 
 def post(client, body, **kwargs):
     return client.post("/api/engines", json=body, **kwargs)
+
+
+def cursor(raw: str) -> str:
+    """A page cursor as a client could forge it: `raw` JSON, base64-encoded
+    as Engines encodes its own."""
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
 def changed_at(engine: dict) -> datetime:
@@ -332,11 +339,32 @@ def test_search_with_pages(client, thousand):
     ("q=a&q=b", "q"),
     ("q=" + "x" * 129, "q"),
     ("q=%00", "q"),
+    ("after=" + cursor("[" * 3000), "after"),
+    ("before=" + cursor("[" * 3000), "before"),
+    ("after=" + cursor("[" + "1" * 5000 + ", 1]"), "after"),
+    ("after=" + "A" * 5000, "after"),
+    ("sort=title&after=" + cursor(r'["\ud800", 1]'), "after"),
+    ("sort=-title&before=" + cursor(r'["a\udc00b", 1]'), "before"),
+    ("sort=title&after=" + cursor(r'["a\u0000b", 1]'), "after"),
+    ("sort=title&after=" + cursor(r'["\u2028", 1]'), "after"),
+    ("sort=title&after=" + cursor(json.dumps(["x" * 129, 1])), "after"),
+    ("sort=title&after=" + cursor('["", 1]'), "after"),
 ])
 def test_bad_list_parameters_are_400(client, query, field):
     response = client.get(f"/api/engines?{query}")
     assert response.status_code == 400
     assert field in response.get_json()["fields"]
+
+
+def test_pages_sorted_by_the_longest_titles_walk_on(client, app):
+    titles = [f"{i}" + "🚀" * 127 for i in range(3)] + [f"{i}" + '"\\' * 63 + "x" for i in range(3)]
+    add_engines(app, [{"title": title, "thrust": 0} for title in titles])
+    page = client.get("/api/engines?sort=-title&per_page=1").get_json()
+    seen = [page["engines"][0]["title"]]
+    while page["next"]:
+        page = client.get(page["next"]).get_json()
+        seen.append(page["engines"][0]["title"])
+    assert seen == sorted(titles, reverse=True)
 
 
 def test_a_cursor_from_another_sort_is_refused(client, thousand):

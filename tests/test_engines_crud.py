@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 
 import pytest
@@ -170,6 +171,15 @@ def test_after_a_form_the_app_never_redirects_to_another_site(client, app, targe
     assert target.replace("&", "&amp;") not in page
 
 
+def test_a_forged_page_cursor_is_a_400_page_naming_it(client, app):
+    add_engines(app, [{"title": "Main", "thrust": 1}])
+    for sort, raw in [("title", br'["\ud800", 1]'), ("id", b"[" * 3000)]:
+        forged = base64.urlsafe_b64encode(raw).decode()
+        response = client.get("/", query_string={"sort": sort, "after": forged})
+        assert response.status_code == 400
+        assert "Not a valid page cursor." in response.get_data(as_text=True)
+
+
 def hidden_version(page: str) -> str:
     return re.search(r'<input type="hidden" name="version" value="([^"]*)">', page).group(1)
 
@@ -217,7 +227,6 @@ def test_the_page_offers_export_import_and_backups(client):
     for offer in ("Export CSV", "Export JSON", 'enctype="multipart/form-data"', "Back up now",
                   "Download a backup", "backups"):
         assert offer in page
-
 
 
 def test_page_links_keep_a_page_size_that_differs_from_the_configured_one(tmp_path):
