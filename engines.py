@@ -88,6 +88,7 @@ MAX_JSON_BODY = 64 * 1024
 MAX_IMPORT_BODY = 64 * 1024 * 1024
 DEFAULT_PER_PAGE = 50
 MAX_PER_PAGE = 500
+MAX_NEXT_URL = 2048  # characters of a page to return to after a form
 MAX_CURSOR = 1024  # characters; a cursor Engines makes (a title of 128 and an id) has fewer than 720
 SORT_KEYS = ("id", "title", "thrust")
 SCHEMA_REVISION = "2"  # the newest revision in migrations/versions/, which the model matches
@@ -1335,13 +1336,15 @@ class EngineForm(FlaskForm):
 
 
 def safe_next_url(default: str) -> str:
-    """A local URL to return to after a form, never another site."""
+    """A local URL to return to after a form, never another site; `default`
+    for anything else, so that building the redirect cannot fail."""
     target = request.form.get("next") or request.args.get("next") or ""
-    parts = urlsplit(target)
-    if target.startswith("/") and not target.startswith("//") and not parts.netloc \
-            and "\\" not in target:
-        return target
-    return default
+    # A control character could split the Location header, and urlsplit()
+    # drops tabs and newlines, turning "/\t/evil.example" into "//evil.example".
+    if not target.startswith("/") or target.startswith("//") or "\\" in target or len(target) > MAX_NEXT_URL \
+            or any(unicodedata.category(ch) in FORBIDDEN_CATEGORIES for ch in target):
+        return default
+    return target if not urlsplit(target).netloc else default
 
 
 def render_list(form: EngineForm, status: int = 200, rejected: ImportRejected | None = None):
@@ -1420,6 +1423,7 @@ def commit_engine_change(engine_id: int) -> None:
 @pages.route("/engines/<int:engine_id>/edit", methods=["GET", "POST"])
 def edit_engine(engine_id: int):
     engine = get_engine_or_404(engine_id)
+    back = safe_next_url(url_for("pages.index"))
     form = EngineForm(data={"title": engine.title, "thrust": str(engine.thrust), "version": str(engine.version)})
     status, theirs = 200, None
     if request.method == "POST":
@@ -1437,9 +1441,8 @@ def edit_engine(engine_id: int):
                 form.version.data = str(theirs.version)
             else:
                 flash(f"Saved “{engine.title}”.", "success")
-                return redirect(safe_next_url(url_for("pages.index")))
-    return render_template("edit.html", form=form, engine=engine, theirs=theirs,
-                           back=safe_next_url(url_for("pages.index"))), status
+                return redirect(back)
+    return render_template("edit.html", form=form, engine=engine, theirs=theirs, back=back), status
 
 
 @pages.post("/engines/<int:engine_id>/thrust")
@@ -1460,14 +1463,14 @@ def set_thrust(engine_id: int):
 @pages.route("/engines/<int:engine_id>/delete", methods=["GET", "POST"])
 def delete_engine(engine_id: int):
     engine = get_engine_or_404(engine_id)
+    back = safe_next_url(url_for("pages.index"))
     if request.method == "POST":
         title = engine.title
         db.session.delete(engine)
         commit_engine_change(engine_id)
         flash(f"Deleted “{title}”.", "success")
-        return redirect(safe_next_url(url_for("pages.index")))
-    return render_template("delete.html", engine=engine,
-                           next=safe_next_url(url_for("pages.index")))
+        return redirect(back)
+    return render_template("delete.html", engine=engine, next=back)
 
 
 @pages.post("/import")

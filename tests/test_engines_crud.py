@@ -171,6 +171,23 @@ def test_after_a_form_the_app_never_redirects_to_another_site(client, app, targe
     assert target.replace("&", "&amp;") not in page
 
 
+@pytest.mark.parametrize("target", [
+    "/\r\nSet-Cookie: x=y", "/?a=1\nb", "/\t/evil.example", "/x\x00y", "/\u2028", "//[", "/" + "x" * 3000,
+])
+@pytest.mark.parametrize("url, data, after", [
+    ("/engines/1/thrust", {"thrust": "3"}, [(1, "Main", 3)]),
+    ("/engines/1/edit", {"title": "Renamed", "thrust": "4"}, [(1, "Renamed", 4)]),
+    ("/engines/1/delete", {}, []),
+])
+def test_a_next_url_that_is_not_a_plain_local_path_returns_to_the_list(client, app, target, url, data, after):
+    add_engines(app, [{"title": "Main", "thrust": 1}])
+    assert client.get(url.replace("thrust", "edit"), query_string={"next": target}).status_code == 200
+    response = form_post(client, url, {**data, "next": target})
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/"
+    assert all_engines(app) == after
+
+
 def test_a_forged_page_cursor_is_a_400_page_naming_it(client, app):
     add_engines(app, [{"title": "Main", "thrust": 1}])
     for sort, raw in [("title", br'["\ud800", 1]'), ("id", b"[" * 3000)]:
@@ -227,6 +244,7 @@ def test_the_page_offers_export_import_and_backups(client):
     for offer in ("Export CSV", "Export JSON", 'enctype="multipart/form-data"', "Back up now",
                   "Download a backup", "backups"):
         assert offer in page
+
 
 
 def test_page_links_keep_a_page_size_that_differs_from_the_configured_one(tmp_path):
