@@ -33,7 +33,7 @@ from contextlib import closing, suppress
 from datetime import UTC, datetime
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import click
 from flask import (
@@ -1235,9 +1235,13 @@ def check_token():
         return None
     session["token"] = token
     if request.method == "GET" and not wants_json():
-        # Drop the token from the address bar, history and bookmarks.
-        args = {k: v for k, v in request.args.items(multi=True) if k != "token"}
-        return redirect(url_for(request.endpoint, **(request.view_args or {}), **args))
+        # Drop the token from the address bar, history and bookmarks: the
+        # same path, the same query without it (whatever its parameters are).
+        # The path is quoted, and starts with one slash: "//evil.example" or
+        # "/\\evil.example" would send the browser to another site.
+        path = "/" + quote(request.path.lstrip("/"))
+        query = urlencode([(k, v) for k, v in request.args.items(multi=True) if k != "token"])
+        return redirect(f"{request.script_root}{path}{'?' if query else ''}{query}")
     return None
 
 

@@ -170,6 +170,21 @@ def test_in_token_mode_the_printed_url_carries_the_token_and_a_cookie_carries_on
     assert browser.get(f"{token_server.url}/api/engines", timeout=5).status_code == 200
 
 
+@pytest.mark.parametrize("path, location", [
+    ("/engines/1/edit?token=s3cret-token&engine_id=2", "/engines/1/edit?engine_id=2"),
+    ("/static/engines.css?filename=x.js&token=s3cret-token", "/static/engines.css?filename=x.js"),
+    ("/?token=s3cret-token&q=%E7%81%AB&q=%0D%0A", "/?q=%E7%81%AB&q=%0D%0A"),
+    ("//evil.example/?token=s3cret-token", "/evil.example/"),
+    ("/%5Cevil.example?token=s3cret-token", "/%5Cevil.example"),
+    ("/nowhere%0D%0ASet-Cookie:%20x=y?token=s3cret-token", "/nowhere%0D%0ASet-Cookie%3A%20x%3Dy"),
+])
+def test_the_token_redirect_keeps_the_path_and_the_other_parameters_whatever_they_are(token_server, path, location):
+    response = requests.get(f"{token_server.url}{path}", timeout=5, allow_redirects=False)
+    assert response.status_code == 302
+    assert response.headers["Location"] == location
+    assert "Set-Cookie: x" not in response.headers.get("Set-Cookie", "")
+
+
 def test_in_token_mode_scripts_send_a_bearer_token(token_server):
     headers = {"Authorization": "Bearer s3cret-token"}
     created = requests.post(f"{token_server.url}/api/engines", json={"title": "Main"}, headers=headers, timeout=5)
