@@ -100,6 +100,9 @@ IMPORT_ERRORS_SHOWN = 10
 ECHO_LIMIT = 64  # characters of a name a user gave that an error message repeats
 FILE_TIME = "%Y%m%dT%H%M%SZ"  # UTC, in the names of backups and exports
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+MAX_CONNECTIONS = 2000  # clients served at once; idle or slow ones beyond it wait for a free one
+SPARE_FILES = 100  # open files kept for the database, the log and the server's own
+CHANNEL_TIMEOUT = 30  # seconds after which a silent connection is closed (waitress: 120)
 BUSY_TIMEOUT_MS = 10_000
 WINDOW_SIZE = (1100, 760)
 WINDOW_MIN_SIZE = (800, 600)  # the page is designed to work from 800x600 up
@@ -1838,6 +1841,27 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+def connection_limit() -> int:
+    """How many connections the server may hold at once: MAX_CONNECTIONS,
+    after raising the soft limit of open files toward the hard limit to make
+    room for them (a stock Linux desktop's soft limit is 1,024), or fewer if
+    the hard limit is lower."""
+    try:
+        import resource
+    except ImportError:  # Windows, where waitress's select() takes at most 512 sockets
+        return 500
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_CONNECTIONS + SPARE_FILES
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted if hard == resource.RLIM_INFINITY
+                                                        else min(wanted, hard), hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(100, min(MAX_CONNECTIONS, soft - SPARE_FILES))
+
+
 def make_server(app: Flask, host: str, port: int | None):
     """A waitress server bound to host:port (None: 5000, or any free port if taken)."""
     from waitress import create_server
@@ -1845,7 +1869,13 @@ def make_server(app: Flask, host: str, port: int | None):
     if port is None:
         port = DEFAULT_PORT if port_is_free(host, DEFAULT_PORT) else 0
     try:
-        server = create_server(app, host=host, port=port, threads=8, ident=APP_NAME)
+        # Idle and slow clients hold a connection each, never a thread: with
+        # waitress's defaults (100 connections, select()) a hundred of them
+        # took the server offline. poll() has no limit on descriptor numbers;
+        # a connection silent for CHANNEL_TIMEOUT seconds is closed.
+        server = create_server(app, host=host, port=port, threads=8, ident=APP_NAME,
+                               connection_limit=connection_limit(), asyncore_use_poll=True,
+                               channel_timeout=CHANNEL_TIMEOUT, cleanup_interval=10)
     except OSError as exc:
         reason = "the port is already in use" if exc.errno in (98, 48, 10048) else exc.strerror or str(exc)
         raise StartupError(f"cannot listen on {host}:{port}: {reason}") from None
