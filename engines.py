@@ -511,6 +511,29 @@ class ImportRejected(Exception):
         return "\n".join([self.summary, *self.errors])
 
 
+class ImportProblems:
+    """What is wrong with an import file: how many problems, in how many
+    rows, and the first IMPORT_ERRORS_SHOWN of them. Never all of them: a
+    file may have millions of bad rows."""
+
+    def __init__(self):
+        self.count = self.rows = 0
+        self.shown: list[str] = []
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def add(self, messages: list[str], rows: int = 1) -> None:
+        self.count += len(messages)
+        self.rows += rows
+        self.shown += messages[:IMPORT_ERRORS_SHOWN - len(self.shown)]
+
+    def rejection(self) -> ImportRejected:
+        rows_word = "1 row has a problem" if self.rows == 1 else f"{self.rows:,} rows have problems"
+        more = f"; the first {IMPORT_ERRORS_SHOWN}" if self.count > IMPORT_ERRORS_SHOWN else ""
+        return ImportRejected(f"Nothing was imported: {rows_word}{more}:", self.shown)
+
+
 def refuse_file(reason: str, line: int) -> ImportRejected:
     return ImportRejected("Nothing was imported: the file is not an export Engines can read.",
                           [f"Line {line}: {reason}"])
@@ -634,8 +657,8 @@ def import_engines(file, progress=lambda line: None) -> int:
     rows = json_rows(file) if head[:1] in (b"{", b"[") else csv_rows(file)
     begin_write()  # from the page it has begun already; from `flask import` here
     imported_at = utcnow()
-    errors: list[str] = []
-    bad_rows = added = 0
+    problems = ImportProblems()
+    added = 0
     with_ids = None  # the first engine decides: ids for all, or for none
     seen_ids: dict[int, int] = {}
     batch: list[tuple[int, dict]] = []
@@ -658,26 +681,21 @@ def import_engines(file, progress=lambda line: None) -> int:
             elif with_ids:
                 seen_ids[clean["id"]] = line
         if row_errors:
-            bad_rows += 1
-            errors += row_errors
+            problems.add(row_errors)
             continue
         batch.append((line, clean))
         if len(batch) == IMPORT_BATCH:
-            taken = insert_batch(batch, imported_at, write=not errors)
-            bad_rows += len(taken)
-            errors += taken
+            taken = insert_batch(batch, imported_at, write=not problems)
+            problems.add(taken, rows=len(taken))
             added += len(batch)
             batch = []
             progress(line)
-    taken = insert_batch(batch, imported_at, write=not errors)
-    bad_rows += len(taken)
-    errors += taken
+    taken = insert_batch(batch, imported_at, write=not problems)
+    problems.add(taken, rows=len(taken))
     added += len(batch)
-    if errors:
+    if problems:
         db.session.rollback()
-        rows_word = "1 row has a problem" if bad_rows == 1 else f"{bad_rows:,} rows have problems"
-        more = f"; the first {IMPORT_ERRORS_SHOWN}" if len(errors) > IMPORT_ERRORS_SHOWN else ""
-        raise ImportRejected(f"Nothing was imported: {rows_word}{more}:", errors[:IMPORT_ERRORS_SHOWN])
+        raise problems.rejection()
     if with_ids:
         advance_id_sequence()
     try:

@@ -141,6 +141,33 @@ def test_the_first_ten_problems_are_listed_with_how_many_rows_have_them(client, 
     assert all_engines(app) == []
 
 
+def peak_memory_of_refused_import(app, path) -> tuple[int, engines.ImportRejected]:
+    """The most memory (bytes, traced) an import of the file at `path` took
+    before it was refused, and the refusal."""
+    with app.app_context(), path.open("rb") as file:
+        tracemalloc.start()
+        try:
+            with pytest.raises(engines.ImportRejected) as refused:
+                engines.import_engines(file)
+            return tracemalloc.get_traced_memory()[1], refused.value
+        finally:
+            tracemalloc.stop()
+            engines.db.session.remove()
+
+
+def test_the_memory_an_import_takes_does_not_grow_with_its_bad_rows(app, tmp_path):
+    peaks = {}
+    for count in (1_000, 100_000):
+        path = tmp_path / f"{count}.csv"
+        path.write_text("title,thrust\n" + "Engine,lots\n" * count)
+        peaks[count], refused = peak_memory_of_refused_import(app, path)
+        assert refused.summary == f"Nothing was imported: {count:,} rows have problems; the first 10:"
+        assert refused.errors == [f"Line {line}, thrust: Thrust must be a whole number." for line in range(2, 12)]
+    # Keeping every message took 11 MB for 100,000 bad rows (2 GB for 16 million).
+    assert peaks[100_000] < peaks[1_000] + 256 * 1024, peaks
+    assert all_engines(app) == []
+
+
 @pytest.mark.parametrize("content, problem", [
     (b"id,title\n1,Again\n", "Line 2, id: engine 1 already exists."),
     (b"id,title\n5,A\n6,B\n5,C\n", "Line 4, id: 5 is also the id on line 2."),
