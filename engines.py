@@ -1222,6 +1222,9 @@ def guard_server(app: Flask, host: str, port: int) -> None:
         with suppress(OSError):
             names |= {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
     app.config["SERVED_HOSTS"] = frozenset(f"{name}:{port}" for name in names)
+    # A browser sends a host's cookies to each of its ports: one name per
+    # port keeps two servers on one machine from replacing each other's.
+    app.config["SESSION_COOKIE_NAME"] = f"engines-{port}"
     if token_required(host, app.config):
         app.config["REQUIRE_TOKEN"] = True
         app.config["TOKEN"] = app.config["TOKEN"] or secrets.token_urlsafe(32)
@@ -1240,13 +1243,23 @@ def check_host():
     return None
 
 
+def token_proof(token: str) -> str:
+    """What the session cookie carries once a browser gave the access token:
+    an HMAC of the token under the secret key. The cookie is signed, not
+    encrypted, and a browser sends it to every port of the host; the token
+    itself is never in it."""
+    key = current_app.secret_key
+    return hmac.new(key.encode() if isinstance(key, str) else key, token.encode(), "sha256").hexdigest()
+
+
 def check_token():
     """With a token required: the token once (in the URL or an
     Authorization: Bearer header), then the session cookie carries on."""
     if not current_app.config["REQUIRE_TOKEN"]:
         return None
     token = current_app.config["TOKEN"]
-    if session.get("token") == token:
+    proof = session.get("token_proof")
+    if isinstance(proof, str) and hmac.compare_digest(proof.encode(), token_proof(token).encode()):
         return None
     bearer = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
     given = request.args.get("token") or bearer
@@ -1254,7 +1267,7 @@ def check_token():
         abort(401, description="This Engines server needs its access token: open the URL it printed.")
     if bearer and not request.args.get("token"):
         return None
-    session["token"] = token
+    session["token_proof"] = token_proof(token)
     if request.method == "GET" and not wants_json():
         # Drop the token from the address bar, history and bookmarks: the
         # same path, the same query without it (whatever its parameters are).

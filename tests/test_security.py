@@ -3,6 +3,7 @@ pages, other programs and other people on the network cannot abuse."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -183,6 +184,36 @@ def test_the_token_redirect_keeps_the_path_and_the_other_parameters_whatever_the
     assert response.status_code == 302
     assert response.headers["Location"] == location
     assert "Set-Cookie: x" not in response.headers.get("Set-Cookie", "")
+
+
+def test_the_session_cookie_carries_a_proof_of_the_token_never_the_token(token_server):
+    browser = requests.Session()
+    assert browser.get(f"{token_server.url}/?token=s3cret-token", timeout=5).status_code == 200
+    [cookie] = list(browser.cookies)
+    # Decoded as the server decodes it: signed, not encrypted, so whoever gets it can read it.
+    app = engines.create_app(instance_path=token_server.instance)
+    content = app.session_interface.get_signing_serializer(app).loads(cookie.value)
+    assert "s3cret-token" not in json.dumps(content)
+    assert "token_proof" in content
+    assert cookie.name == f"engines-{token_server.url.rsplit(':', 1)[1]}"
+    assert browser.get(f"{token_server.url}/api/engines", timeout=5).status_code == 200
+
+
+def test_two_servers_on_two_ports_keep_two_cookies_in_one_browser(tmp_path):
+    """A browser sends a host's cookies to all its ports, as requests does."""
+    first = LiveServer(tmp_path / "a", env={"ENGINES_REQUIRE_TOKEN": "true", "ENGINES_TOKEN": "first-token"})
+    second = LiveServer(tmp_path / "b", env={"ENGINES_REQUIRE_TOKEN": "true", "ENGINES_TOKEN": "second-token"})
+    try:
+        browser = requests.Session()
+        assert browser.get(f"{first.url}/?token=first-token", timeout=5).status_code == 200
+        assert browser.get(f"{second.url}/?token=second-token", timeout=5).status_code == 200
+        names = sorted(cookie.name for cookie in browser.cookies)
+        assert names == sorted(f"engines-{server.url.rsplit(':', 1)[1]}" for server in (first, second))
+        assert browser.get(f"{first.url}/api/engines", timeout=5).status_code == 200
+        assert browser.get(f"{second.url}/api/engines", timeout=5).status_code == 200
+    finally:
+        first.stop()
+        second.stop()
 
 
 def test_in_token_mode_scripts_send_a_bearer_token(token_server):
