@@ -371,10 +371,11 @@ def decode_cursor(token: str, key: str, name: str = "after"):
 
 def parse_list_args(args) -> dict:
     """Check the query string of a list request: q, sort, per_page, and
-    one of after or before (a page cursor)."""
+    one of after or before (a page cursor). The access token may come along
+    (check_token reads it); it is not part of the list, so no link repeats it."""
     errors = {}
     for name in args:
-        if name not in ("q", "sort", "per_page", "after", "before"):
+        if name not in ("q", "sort", "per_page", "after", "before", "token"):
             errors[echo_safe(name)] = "Unknown parameter."
         elif len(args.getlist(name)) > 1:
             errors[name] = "Give this parameter once."

@@ -299,6 +299,13 @@ def test_next_walks_every_row_exactly_once_in_order(client, thousand, sort, key,
     assert pages == -(-1000 // per_page)
 
 
+def test_a_token_in_the_query_is_taken_and_never_repeated_in_next_or_prev(client, thousand):
+    page = client.get("/api/engines?token=anything&per_page=5&q=Engine").get_json()
+    assert len(page["engines"]) == 5
+    page = client.get(page["next"]).get_json()
+    assert "token" not in page["next"] and "token" not in page["prev"]
+
+
 def test_next_is_an_absolute_url_that_keeps_the_query(client, thousand):
     body = client.get("/api/engines?q=engine&sort=-thrust&per_page=10").get_json()
     assert body["next"].startswith("http://localhost/api/engines?")

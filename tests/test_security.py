@@ -216,6 +216,20 @@ def test_two_servers_on_two_ports_keep_two_cookies_in_one_browser(tmp_path):
         second.stop()
 
 
+def test_in_token_mode_the_api_takes_the_token_in_the_query_and_never_repeats_it(token_server):
+    for title in ("Main", "Spare", "Vernier"):
+        requests.post(f"{token_server.url}/api/engines", json={"title": title},
+                      headers={"Authorization": "Bearer s3cret-token"}, timeout=5)
+    first = requests.get(f"{token_server.url}/api/engines?token=s3cret-token&per_page=1&sort=title", timeout=5)
+    assert first.status_code == 200
+    assert [engine["title"] for engine in first.json()["engines"]] == ["Main"]
+    second = requests.get(first.json()["next"], params={"token": "s3cret-token"}, timeout=5).json()
+    assert [engine["title"] for engine in second["engines"]] == ["Spare"]
+    for url in (first.json()["next"], second["next"], second["prev"]):
+        assert "token" not in url and "s3cret" not in url
+    assert requests.get(first.json()["next"], timeout=5).status_code == 401
+
+
 def test_in_token_mode_scripts_send_a_bearer_token(token_server):
     headers = {"Authorization": "Bearer s3cret-token"}
     created = requests.post(f"{token_server.url}/api/engines", json={"title": "Main"}, headers=headers, timeout=5)
