@@ -1964,7 +1964,7 @@ def serve(app: Flask, server, open_browser: bool) -> int:
     url = server_url(app, server)
     tell(f"Engines is running at {url}  (Ctrl-C to stop)", secret=app.config["TOKEN"])
     if open_browser:
-        threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
+        threading.Thread(target=open_in_browser, args=(url, app.config["TOKEN"]), daemon=True).start()
     try:
         server.run()
     except KeyboardInterrupt:
@@ -1974,6 +1974,30 @@ def serve(app: Flask, server, open_browser: bool) -> int:
         finish_requests_and_close_database(app, server)
     tell("Engines stopped.")
     return 0
+
+
+def has_display() -> bool:
+    """Whether a window can appear here: on Windows and macOS, yes; elsewhere
+    only with DISPLAY or WAYLAND_DISPLAY set (not over SSH, in a container, on
+    a server)."""
+    return sys.platform in ("win32", "darwin") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def open_in_browser(url: str, token: str | None = None) -> None:
+    """Open `url` in the person's web browser, or say in one line that no
+    browser could be opened here and that they should open it themselves.
+
+    Without a display only a browser named in BROWSER is tried: Python's
+    webbrowser would otherwise start a text browser such as lynx on the
+    terminal Engines prints to.
+    """
+    if not has_display() and not os.environ.get("BROWSER"):
+        reason = "no display"
+    elif webbrowser.open(url):
+        return
+    else:
+        reason = "none was found"
+    tell(f"engines: no browser could be opened here ({reason}): open {url} yourself", error=True, secret=token)
 
 
 def finish_requests_and_close_database(app: Flask, server) -> None:
@@ -2001,8 +2025,7 @@ def import_webview():
     On Linux GTK ends the whole process when it cannot open a display, with
     no exception to catch: so the display is checked before GTK is touched.
     """
-    if sys.platform not in ("win32", "darwin") \
-            and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    if not has_display():
         raise NoWindowError("there is no display (DISPLAY and WAYLAND_DISPLAY are not set)")
     try:
         import webview
