@@ -157,7 +157,9 @@ def test_search_sort_and_pages_in_the_list(client, app):
 def test_a_bad_list_parameter_is_a_400_page_naming_it(client):
     response = client.get("/?sort=colour")
     assert response.status_code == 400
-    assert "Sort by one of id, title, thrust" in response.get_data(as_text=True)
+    assert "<strong>sort</strong>: Sort by one of id, title, thrust" in response.get_data(as_text=True)
+    assert "<strong>colour</strong>: Unknown parameter." in client.get("/?colour=red").get_data(as_text=True)
+    assert "<strong>after</strong>: Not a valid page cursor." in client.get("/?after=!!!").get_data(as_text=True)
 
 
 @pytest.mark.parametrize("target", [
