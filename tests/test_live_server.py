@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import select
@@ -77,6 +78,24 @@ def test_the_server_is_waitress_never_the_werkzeug_debugger(live_server):
     assert response.headers["Server"] == "Engines"
     response = requests.get(f"{live_server.url}/console", timeout=5)
     assert response.status_code == 404
+
+
+def test_bad_input_over_real_http_is_a_4xx_and_the_server_stays_up(live_server):
+    api = f"{live_server.url}/api/engines"
+    cursor = base64.urlsafe_b64encode(b"[" * 3000).decode()
+    surrogate_cursor = base64.urlsafe_b64encode(br'["\ud800", 1]').decode()
+    answers = [
+        requests.post(api, data="[" * 5000, headers={"Content-Type": "application/json"}, timeout=5),
+        requests.post(api, data=r'{"\ud800": 1}', headers={"Content-Type": "application/json"}, timeout=5),
+        requests.get(api, params={"after": cursor}, timeout=5),
+        requests.get(api, params={"sort": "title", "after": surrogate_cursor}, timeout=5),
+        requests.get(live_server.url, params={"sort": "title", "before": surrogate_cursor}, timeout=5),
+    ]
+    assert [answer.status_code for answer in answers] == [400] * 5
+    assert answers[0].json()["error"] == "The body is nested too deeply: send one JSON object of plain values."
+    assert answers[1].json()["fields"] == {"\\ud800": "Unknown field.", "title": "Title is required."}
+    assert requests.get(f"{live_server.url}/api/health", timeout=5).json() == {"status": "ok"}
+    assert requests.get(api, timeout=5).json()["total"] == 0
 
 
 @pytest.mark.parametrize("situation, reason", [("no_display", "no display"), ("no_browser", "none was found")])
