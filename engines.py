@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from functools import partial
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import click
 from flask import (
@@ -95,6 +95,8 @@ MAX_JSON_BODY = 64 * 1024
 MAX_IMPORT_BODY = 64 * 1024 * 1024
 DEFAULT_PER_PAGE = 50
 MAX_PER_PAGE = 500
+MAX_NEXT_URL = 2048  # characters of a page to return to after a form
+MAX_CURSOR = 1024  # characters; a cursor Engines makes (a title of 128 and an id) has fewer than 720
 SORT_KEYS = ("id", "title", "thrust")
 SCHEMA_REVISION = "3"  # the newest revision in migrations/versions/, which the model matches
 BACKUP_KEEP = 10  # automatic backups kept in <instance>/backups/
@@ -102,8 +104,12 @@ EXPORT_FIELDS = ("id", "title", "thrust", "version", "updated_at")
 EXPORT_BATCH = 1000  # engines read at a time while an export streams
 IMPORT_BATCH = 5000  # engines checked and inserted at a time
 IMPORT_ERRORS_SHOWN = 10
+ECHO_LIMIT = 64  # characters of a name a user gave that an error message repeats
 FILE_TIME = "%Y%m%dT%H%M%SZ"  # UTC, in the names of backups and exports
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+MAX_CONNECTIONS = 2000  # clients served at once; idle or slow ones beyond it wait for a free one
+SPARE_FILES = 100  # open files kept for the database, the log and the server's own
+CHANNEL_TIMEOUT = 30  # seconds after which a silent connection is closed (waitress: 120)
 BUSY_TIMEOUT_MS = 10_000
 WINDOW_SIZE = (1100, 760)
 WINDOW_MIN_SIZE = (800, 600)  # the page is designed to work from 800x600 up
@@ -216,6 +222,19 @@ class ValidationError(Exception):
 # Control characters (NUL included), lone surrogates (which no database can
 # store) and line or paragraph separators have no place in a one-line title.
 FORBIDDEN_CATEGORIES = {"Cc", "Cs", "Zl", "Zp"}
+# Echoed in a message, format characters are escaped too: a bidi override
+# can make a name read as something else.
+ESCAPED_CATEGORIES = FORBIDDEN_CATEGORIES | {"Cf"}
+
+
+def echo_safe(text: str, limit: int = ECHO_LIMIT) -> str:
+    """Text a user gave (a field, parameter, column, host or file name), made
+    safe to show back in a message: no more than `limit` characters (then
+    "…"), and lone surrogates, control and format characters written as
+    escapes (\\ud800, \\x00), so that any response or terminal can encode it."""
+    shown = "".join(ch.encode("unicode_escape").decode("ascii")
+                    if unicodedata.category(ch) in ESCAPED_CATEGORIES else ch for ch in text[:limit])
+    return shown + "…" if len(text) > limit else shown
 
 
 def check_title(value) -> str:
@@ -297,7 +316,7 @@ def validate_engine(data, *, partial: bool = False, imported: bool = False) -> d
     clean: dict = {}
     for name in data:
         if name not in checks:
-            errors[str(name)[:64]] = "Unknown field."
+            errors[echo_safe(name)] = "Unknown field."
     for name, check in checks.items():
         if name not in data:
             continue
@@ -354,28 +373,43 @@ def encode_cursor(engine: Engine, key: str) -> str:
 
 def decode_cursor(token: str, key: str, name: str = "after"):
     """The (sort value, id) of the engine a page cursor points at, or a
-    ValidationError naming the parameter `name` it came in."""
+    ValidationError naming the parameter `name` it came in.
+
+    A cursor comes from the client, so its value is held to what it stands
+    for before any SQL sees it: a number SQL can hold, or text no longer
+    than a title, with no lone surrogate (which no database can take). Any
+    title a database holds, even one another program wrote, makes a cursor."""
     bad = ValidationError({name: "Not a valid page cursor."}, "Not a valid page cursor.")
+    if len(token) > MAX_CURSOR:
+        raise bad
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         value, last_id = json.loads(raw)
-    except (binascii.Error, ValueError, TypeError):
+    except (binascii.Error, ValueError, TypeError, RecursionError):
         raise bad from None
     expected = str if key == "title" else int
     if type(last_id) is not int or type(value) is not expected:
         raise bad
     if expected is int and not (-(2**63) <= value < 2**63 and -(2**63) <= last_id < 2**63):
         raise bad
+    if expected is str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise bad from None
+        if len(value) > MAX_TITLE:
+            raise bad
     return value, last_id
 
 
 def parse_list_args(args) -> dict:
     """Check the query string of a list request: q, sort, per_page, and
-    one of after or before (a page cursor)."""
+    one of after or before (a page cursor). The access token may come along
+    (check_token reads it); it is not part of the list, so no link repeats it."""
     errors = {}
     for name in args:
-        if name not in ("q", "sort", "per_page", "after", "before"):
-            errors[name[:64]] = "Unknown parameter."
+        if name not in ("q", "sort", "per_page", "after", "before", "token"):
+            errors[echo_safe(name)] = "Unknown parameter."
         elif len(args.getlist(name)) > 1:
             errors[name] = "Give this parameter once."
     q = args.get("q", "").strip()
@@ -511,6 +545,29 @@ class ImportRejected(Exception):
         return "\n".join([self.summary, *self.errors])
 
 
+class ImportProblems:
+    """What is wrong with an import file: how many problems, in how many
+    rows, and the first IMPORT_ERRORS_SHOWN of them. Never all of them: a
+    file may have millions of bad rows."""
+
+    def __init__(self):
+        self.count = self.rows = 0
+        self.shown: list[str] = []
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def add(self, messages: list[str], rows: int = 1) -> None:
+        self.count += len(messages)
+        self.rows += rows
+        self.shown += messages[:IMPORT_ERRORS_SHOWN - len(self.shown)]
+
+    def rejection(self) -> ImportRejected:
+        rows_word = "1 row has a problem" if self.rows == 1 else f"{self.rows:,} rows have problems"
+        more = f"; the first {IMPORT_ERRORS_SHOWN}" if self.count > IMPORT_ERRORS_SHOWN else ""
+        return ImportRejected(f"Nothing was imported: {rows_word}{more}:", self.shown)
+
+
 def refuse_file(reason: str, line: int) -> ImportRejected:
     return ImportRejected("Nothing was imported: the file is not an export Engines can read.",
                           [f"Line {line}: {reason}"])
@@ -534,7 +591,8 @@ def csv_rows(file):
             raise refuse_file("the file is empty; a CSV import starts with its column names.", 1)
         unknown = [name for name in columns if name not in IMPORT_CHECKS]
         if unknown:
-            raise refuse_file(f"unknown column “{unknown[0][:64]}”; the columns are {', '.join(EXPORT_FIELDS)}.", 1)
+            raise refuse_file(f"unknown column “{echo_safe(unknown[0])}”; "
+                              f"the columns are {', '.join(EXPORT_FIELDS)}.", 1)
         if len(set(columns)) < len(columns) or "title" not in columns:
             raise refuse_file(f"give each column once, title included: {', '.join(EXPORT_FIELDS)}.", 1)
         start = reader.line_num + 1
@@ -576,6 +634,11 @@ def json_rows(file):
             value, end = decoder.raw_decode(text, position)
         except json.JSONDecodeError as exc:
             raise refuse_file(f"this is not valid JSON: {exc.msg}.", exc.lineno) from None
+        except RecursionError:  # how Python's JSON decoder meets deep nesting
+            raise refuse_file("this engine is nested too deeply; an engine is one JSON object of plain values.",
+                              line) from None
+        except ValueError:  # Python refuses to read integers of more than 4,300 digits
+            raise refuse_file("a number in this engine has far too many digits.", line) from None
         yield line, value
         after = JSON_AFTER_ENGINE.match(text, end)
         if not after:
@@ -634,8 +697,8 @@ def import_engines(file, progress=lambda line: None) -> int:
     rows = json_rows(file) if head[:1] in (b"{", b"[") else csv_rows(file)
     begin_write()  # from the page it has begun already; from `flask import` here
     imported_at = utcnow()
-    errors: list[str] = []
-    bad_rows = added = 0
+    problems = ImportProblems()
+    added = 0
     with_ids = None  # the first engine decides: ids for all, or for none
     seen_ids: dict[int, int] = {}
     batch: list[tuple[int, dict]] = []
@@ -658,26 +721,21 @@ def import_engines(file, progress=lambda line: None) -> int:
             elif with_ids:
                 seen_ids[clean["id"]] = line
         if row_errors:
-            bad_rows += 1
-            errors += row_errors
+            problems.add(row_errors)
             continue
         batch.append((line, clean))
         if len(batch) == IMPORT_BATCH:
-            taken = insert_batch(batch, imported_at, write=not errors)
-            bad_rows += len(taken)
-            errors += taken
+            taken = insert_batch(batch, imported_at, write=not problems)
+            problems.add(taken, rows=len(taken))
             added += len(batch)
             batch = []
             progress(line)
-    taken = insert_batch(batch, imported_at, write=not errors)
-    bad_rows += len(taken)
-    errors += taken
+    taken = insert_batch(batch, imported_at, write=not problems)
+    problems.add(taken, rows=len(taken))
     added += len(batch)
-    if errors:
+    if problems:
         db.session.rollback()
-        rows_word = "1 row has a problem" if bad_rows == 1 else f"{bad_rows:,} rows have problems"
-        more = f"; the first {IMPORT_ERRORS_SHOWN}" if len(errors) > IMPORT_ERRORS_SHOWN else ""
-        raise ImportRejected(f"Nothing was imported: {rows_word}{more}:", errors[:IMPORT_ERRORS_SHOWN])
+        raise problems.rejection()
     if with_ids:
         advance_id_sequence()
     try:
@@ -1596,6 +1654,9 @@ def guard_server(app: Flask, host: str, address: str, port: int) -> None:
         with suppress(OSError):
             names |= {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
     app.config["SERVED_HOSTS"] = frozenset(f"{name}:{port}" for name in names)
+    # A browser sends a host's cookies to each of its ports: one name per
+    # port keeps two servers on one machine from replacing each other's.
+    app.config["SESSION_COOKIE_NAME"] = f"engines-{port}"
     if token_required(address, app.config):
         app.config["REQUIRE_TOKEN"] = True
         app.config["TOKEN"] = app.config["TOKEN"] or secrets.token_urlsafe(32)
@@ -1610,8 +1671,17 @@ def check_host():
     host = request.headers.get("Host", "").lower()
     extra = {h.lower() for h in current_app.config["ALLOWED_HOSTS"]}
     if host not in served and host not in extra and host.rpartition(":")[0] not in extra:
-        abort(400, description=f"This server does not answer to the host name {host[:100]!r}.")
+        abort(400, description=f"This server does not answer to the host name “{echo_safe(host, 100)}”.")
     return None
+
+
+def token_proof(token: str) -> str:
+    """What the session cookie carries once a browser gave the access token:
+    an HMAC of the token under the secret key. The cookie is signed, not
+    encrypted, and a browser sends it to every port of the host; the token
+    itself is never in it."""
+    key = current_app.secret_key
+    return hmac.new(key.encode() if isinstance(key, str) else key, token.encode(), "sha256").hexdigest()
 
 
 def check_token():
@@ -1620,7 +1690,8 @@ def check_token():
     if not current_app.config["REQUIRE_TOKEN"]:
         return None
     token = current_app.config["TOKEN"]
-    if session.get("token") == token:
+    proof = session.get("token_proof")
+    if isinstance(proof, str) and hmac.compare_digest(proof.encode(), token_proof(token).encode()):
         return None
     bearer = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
     given = request.args.get("token") or bearer
@@ -1628,11 +1699,15 @@ def check_token():
         abort(401, description="This Engines server needs its access token: open the URL it printed.")
     if bearer and not request.args.get("token"):
         return None
-    session["token"] = token
+    session["token_proof"] = token_proof(token)
     if request.method == "GET" and not wants_json():
-        # Drop the token from the address bar, history and bookmarks.
-        args = {k: v for k, v in request.args.items(multi=True) if k != "token"}
-        return redirect(url_for(request.endpoint, **(request.view_args or {}), **args))
+        # Drop the token from the address bar, history and bookmarks: the
+        # same path, the same query without it (whatever its parameters are).
+        # The path is quoted, and starts with one slash: "//evil.example" or
+        # "/\\evil.example" would send the browser to another site.
+        path = "/" + quote(request.path.lstrip("/"))
+        query = urlencode([(k, v) for k, v in request.args.items(multi=True) if k != "token"])
+        return redirect(f"{request.script_root}{path}{'?' if query else ''}{query}")
     return None
 
 
@@ -1731,20 +1806,19 @@ class EngineForm(FlaskForm):
 
 
 def safe_next_url(default: str) -> str:
-    """A local URL to return to after a form, never another site."""
+    """A local URL to return to after a form, never another site; `default`
+    for anything else, so that building the redirect cannot fail."""
     target = request.form.get("next") or request.args.get("next") or ""
-    parts = urlsplit(target)
-    if target.startswith("/") and not target.startswith("//") and not parts.netloc \
-            and "\\" not in target:
-        return target
-    return default
+    # A control character could split the Location header, and urlsplit()
+    # drops tabs and newlines, turning "/\t/evil.example" into "//evil.example".
+    if not target.startswith("/") or target.startswith("//") or "\\" in target or len(target) > MAX_NEXT_URL \
+            or any(unicodedata.category(ch) in FORBIDDEN_CATEGORIES for ch in target):
+        return default
+    return target if not urlsplit(target).netloc else default
 
 
 def render_list(form: EngineForm, status: int = 200, rejected: ImportRejected | None = None):
-    try:
-        params = parse_list_args(request.args)
-    except ValidationError as exc:
-        abort(400, description=" ".join(exc.fields.values()) or exc.message)
+    params = parse_list_args(request.args)  # a ValidationError is a 400 page naming each parameter
     engines, total, next_cursor, prev_cursor = list_engines(**params)
     strongest = db.session.scalar(select(func.max(Engine.thrust))) or 0
     return render_template(
@@ -1842,6 +1916,7 @@ def commit_engine_change(engine_id: int) -> None:
 @pages.route("/engines/<int:engine_id>/edit", methods=["GET", "POST"])
 def edit_engine(engine_id: int):
     engine = get_engine_or_404(engine_id)
+    back = safe_next_url(url_for("pages.index"))
     form = EngineForm(data={"title": engine.title, "thrust": str(engine.thrust), "version": str(engine.version)})
     status, theirs = 200, None
     if request.method == "POST":
@@ -1859,9 +1934,8 @@ def edit_engine(engine_id: int):
                 form.version.data = str(theirs.version)
             else:
                 flash(f"Saved “{engine.title}”.", "success")
-                return redirect(safe_next_url(url_for("pages.index")))
-    return render_template("edit.html", form=form, engine=engine, theirs=theirs,
-                           back=safe_next_url(url_for("pages.index"))), status
+                return redirect(back)
+    return render_template("edit.html", form=form, engine=engine, theirs=theirs, back=back), status
 
 
 @pages.post("/engines/<int:engine_id>/thrust")
@@ -1882,14 +1956,14 @@ def set_thrust(engine_id: int):
 @pages.route("/engines/<int:engine_id>/delete", methods=["GET", "POST"])
 def delete_engine(engine_id: int):
     engine = get_engine_or_404(engine_id)
+    back = safe_next_url(url_for("pages.index"))
     if request.method == "POST":
         title = engine.title
         db.session.delete(engine)
         commit_engine_change(engine_id)
         flash(f"Deleted “{title}”.", "success")
-        return redirect(safe_next_url(url_for("pages.index")))
-    return render_template("delete.html", engine=engine,
-                           next=safe_next_url(url_for("pages.index")))
+        return redirect(back)
+    return render_template("delete.html", engine=engine, next=back)
 
 
 @pages.post("/import")
@@ -1904,12 +1978,13 @@ def import_file():
     if upload is None or not upload.filename:
         flash("Choose a CSV or JSON file to import.", "error")
         return redirect(url_for("pages.index"))
+    name = echo_safe(upload.filename, 100)
     try:
         count = import_engines(upload.stream)
     except ImportRejected as rejected:
-        flash(f"Nothing was imported from “{upload.filename}”: the problems are listed under Import, below.", "error")
+        flash(f"Nothing was imported from “{name}”: the problems are listed under Import, below.", "error")
         return render_list(EngineForm(formdata=None), status=400, rejected=rejected)
-    flash(f"Imported {count:,} engine{'' if count == 1 else 's'} from “{upload.filename}”.", "success")
+    flash(f"Imported {count:,} engine{'' if count == 1 else 's'} from “{name}”.", "success")
     return redirect(url_for("pages.index"))
 
 
@@ -1941,8 +2016,12 @@ def read_json_object():
         data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         abort(400, description="The body is not valid UTF-8.")
-    except ValueError as exc:
+    except RecursionError:  # how Python's JSON decoder meets deep nesting
+        abort(400, description="The body is nested too deeply: send one JSON object of plain values.")
+    except json.JSONDecodeError as exc:
         abort(400, description=f"The body is not valid JSON: {exc}.")
+    except ValueError:  # Python refuses to read integers of more than 4,300 digits
+        abort(400, description="The body is not valid JSON: a number in it has far too many digits.")
     if not isinstance(data, dict):
         abort(400, description="The body must be a JSON object.")
     return data
@@ -2217,7 +2296,7 @@ def import_command(file: Path):
     with file.open("rb") as engines_file:
         lines = 1 + sum(block.count(b"\n") for block in iter(lambda: engines_file.read(1 << 20), b""))
         engines_file.seek(0)
-        with click.progressbar(length=lines, label=f"Importing {file.name}") as bar:
+        with click.progressbar(length=lines, label=f"Importing {echo_safe(file.name, 100)}") as bar:
             try:
                 count = import_engines(engines_file, progress=lambda line: bar.update(line - bar.pos))
             except ImportRejected as rejected:
@@ -2266,6 +2345,27 @@ def resolve_host(host: str) -> str:
         raise StartupError(f"cannot listen on {host!r}: it is not an address or a known host name ({reason})") from None
 
 
+def connection_limit() -> int:
+    """How many connections the server may hold at once: MAX_CONNECTIONS,
+    after raising the soft limit of open files toward the hard limit to make
+    room for them (a stock Linux desktop's soft limit is 1,024), or fewer if
+    the hard limit is lower."""
+    try:
+        import resource
+    except ImportError:  # Windows, where waitress's select() takes at most 512 sockets
+        return 500
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_CONNECTIONS + SPARE_FILES
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted if hard == resource.RLIM_INFINITY
+                                                        else min(wanted, hard), hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(100, min(MAX_CONNECTIONS, soft - SPARE_FILES))
+
+
 def make_server(app: Flask, host: str, port: int | None):
     """A waitress server bound to host:port (None: 5000, or any free port if taken)."""
     from waitress import create_server
@@ -2274,7 +2374,13 @@ def make_server(app: Flask, host: str, port: int | None):
     if port is None:
         port = DEFAULT_PORT if port_is_free(address, DEFAULT_PORT) else 0
     try:
-        server = create_server(app, host=address, port=port, threads=8, ident=APP_NAME)
+        # Idle and slow clients hold a connection each, never a thread: with
+        # waitress's defaults (100 connections, select()) a hundred of them
+        # took the server offline. poll() has no limit on descriptor numbers;
+        # a connection silent for CHANNEL_TIMEOUT seconds is closed.
+        server = create_server(app, host=address, port=port, threads=8, ident=APP_NAME,
+                               connection_limit=connection_limit(), asyncore_use_poll=True,
+                               channel_timeout=CHANNEL_TIMEOUT, cleanup_interval=10)
     except OSError as exc:
         reason = "the port is already in use" if exc.errno in (98, 48, 10048) else exc.strerror or str(exc)
         raise StartupError(f"cannot listen on {host}:{port}: {reason}") from None
@@ -2334,7 +2440,7 @@ def serve(app: Flask, server, open_browser: bool) -> int:
         signal.signal(signal.SIGTERM, stop)
         tell(f"Engines is running at {url}  (Ctrl-C to stop)", secret=app.config["TOKEN"])
         if open_browser:
-            threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
+            threading.Thread(target=open_in_browser, args=(url, app.config["TOKEN"]), daemon=True).start()
         server.run()
     except KeyboardInterrupt:
         pass
@@ -2343,6 +2449,30 @@ def serve(app: Flask, server, open_browser: bool) -> int:
         finish_requests_and_close_database(app, server)
     tell("Engines stopped.")
     return 0
+
+
+def has_display() -> bool:
+    """Whether a window can appear here: on Windows and macOS, yes; elsewhere
+    only with DISPLAY or WAYLAND_DISPLAY set (not over SSH, in a container, on
+    a server)."""
+    return sys.platform in ("win32", "darwin") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def open_in_browser(url: str, token: str | None = None) -> None:
+    """Open `url` in the person's web browser, or say in one line that no
+    browser could be opened here and that they should open it themselves.
+
+    Without a display only a browser named in BROWSER is tried: Python's
+    webbrowser would otherwise start a text browser such as lynx on the
+    terminal Engines prints to.
+    """
+    if not has_display() and not os.environ.get("BROWSER"):
+        reason = "no display"
+    elif webbrowser.open(url):
+        return
+    else:
+        reason = "none was found"
+    tell(f"engines: no browser could be opened here ({reason}): open {url} yourself", error=True, secret=token)
 
 
 def finish_requests_and_close_database(app: Flask, server) -> None:
@@ -2370,8 +2500,7 @@ def import_webview():
     On Linux GTK ends the whole process when it cannot open a display, with
     no exception to catch: so the display is checked before GTK is touched.
     """
-    if sys.platform not in ("win32", "darwin") \
-            and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    if not has_display():
         raise NoWindowError("there is no display (DISPLAY and WAYLAND_DISPLAY are not set)")
     try:
         import webview

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import sqlite3
+from contextlib import closing
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +16,12 @@ from conftest import SEARCH_CASES, SEARCH_TITLES, add_engines, all_engines
 
 def post(client, body, **kwargs):
     return client.post("/api/engines", json=body, **kwargs)
+
+
+def cursor(raw: str) -> str:
+    """A page cursor as a client could forge it: `raw` JSON, base64-encoded
+    as Engines encodes its own."""
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
 def changed_at(engine: dict) -> datetime:
@@ -166,6 +176,50 @@ def test_malformed_or_non_object_json_is_400(client, app, raw):
     assert all_engines(app) == []
 
 
+@pytest.mark.parametrize("raw", ["[" * 5000, "[" * 5000 + "]" * 5000, '{"title": ' * 3000,
+                                 '{"a": ' * 3000 + "1" + "}" * 3000,
+                                 '{"title": "x", "thrust": ' + "[" * 5000 + "]" * 5000 + "}"])
+def test_a_body_nested_too_deeply_is_400_saying_so(client, app, raw):
+    response = client.post("/api/engines", data=raw, content_type="application/json")
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "The body is nested too deeply: send one JSON object of plain values."
+    assert all_engines(app) == []
+
+
+def test_a_number_with_thousands_of_digits_is_400(client, app):
+    response = client.post("/api/engines", data='{"title": "x", "thrust": 1' + "0" * 5000 + "}",
+                           content_type="application/json")
+    assert response.status_code == 400
+    assert "too many digits" in response.get_json()["error"]
+    assert all_engines(app) == []
+
+
+@pytest.mark.parametrize("raw, shown", [
+    (r'{"\ud800": 1}', r"\ud800"),
+    (r'{"a\udfffb": 1}', r"a\udfffb"),
+    (r'{"\u0000x\u001b[31m": 1}', r"\x00x\x1b[31m"),
+    (r'{"\u202egnp.exe": 1}', r"\u202egnp.exe"),
+    ('{"' + "k" * 5000 + '": 1}', "k" * 64 + "…"),
+])
+def test_a_field_name_is_echoed_with_surrogates_and_control_characters_escaped(client, app, raw, shown):
+    response = client.post("/api/engines", data=raw, content_type="application/json")
+    assert response.status_code == 400
+    assert response.get_json()["fields"][shown] == "Unknown field."
+    assert all_engines(app) == []
+
+
+@pytest.mark.parametrize("query, shown", [
+    ("%01x=1", r"\x01x"),
+    ("%E2%80%AEx=1", r"\u202ex"),
+    ("%ED%A0%80=1", "%ED%A0%80"),  # a surrogate's bytes are not UTF-8: Werkzeug keeps them quoted
+    ("p" * 5000 + "=1", "p" * 64 + "…"),
+])
+def test_a_parameter_name_is_echoed_with_control_characters_escaped(client, query, shown):
+    response = client.get(f"/api/engines?{query}")
+    assert response.status_code == 400
+    assert response.get_json()["fields"][shown] == "Unknown parameter."
+
+
 @pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
                                           "multipart/form-data; boundary=x", "application/jsonx"])
 def test_write_without_json_content_type_is_415(client, app, content_type):
@@ -248,6 +302,13 @@ def test_next_walks_every_row_exactly_once_in_order(client, thousand, sort, key,
     assert pages == -(-1000 // per_page)
 
 
+def test_a_token_in_the_query_is_taken_and_never_repeated_in_next_or_prev(client, thousand):
+    page = client.get("/api/engines?token=anything&per_page=5&q=Engine").get_json()
+    assert len(page["engines"]) == 5
+    page = client.get(page["next"]).get_json()
+    assert "token" not in page["next"] and "token" not in page["prev"]
+
+
 def test_next_is_an_absolute_url_that_keeps_the_query(client, thousand):
     body = client.get("/api/engines?q=engine&sort=-thrust&per_page=10").get_json()
     assert body["next"].startswith("http://localhost/api/engines?")
@@ -288,11 +349,29 @@ def test_search_with_pages(client, thousand):
     ("q=a&q=b", "q"),
     ("q=" + "x" * 129, "q"),
     ("q=%00", "q"),
+    ("after=" + cursor("[" * 3000), "after"),
+    ("before=" + cursor("[" * 3000), "before"),
+    ("after=" + cursor("[" + "1" * 5000 + ", 1]"), "after"),
+    ("after=" + "A" * 5000, "after"),
+    ("sort=title&after=" + cursor(r'["\ud800", 1]'), "after"),
+    ("sort=-title&before=" + cursor(r'["a\udc00b", 1]'), "before"),
+    ("sort=title&after=" + cursor(json.dumps(["x" * 129, 1])), "after"),
 ])
 def test_bad_list_parameters_are_400(client, query, field):
     response = client.get(f"/api/engines?{query}")
     assert response.status_code == 400
     assert field in response.get_json()["fields"]
+
+
+def test_pages_sorted_by_the_longest_titles_walk_on(client, app):
+    titles = [f"{i}" + "🚀" * 127 for i in range(3)] + [f"{i}" + '"\\' * 63 + "x" for i in range(3)]
+    add_engines(app, [{"title": title, "thrust": 0} for title in titles])
+    page = client.get("/api/engines?sort=-title&per_page=1").get_json()
+    seen = [page["engines"][0]["title"]]
+    while page["next"]:
+        page = client.get(page["next"]).get_json()
+        seen.append(page["engines"][0]["title"])
+    assert seen == sorted(titles, reverse=True)
 
 
 def test_a_cursor_from_another_sort_is_refused(client, thousand):
@@ -455,3 +534,18 @@ def test_a_new_engine_cannot_be_given_a_version(client, app):
     assert response.get_json()["fields"] == {"version": "Unknown field."}
     assert all_engines(app) == []
 
+
+
+@pytest.mark.parametrize("title", ["a\u0000b", "tab\tin it", "\u2028", "   "])
+def test_a_title_another_program_wrote_still_makes_a_page_cursor(client, app, title):
+    """The sqlite3 shell can store titles the API would refuse (control
+    characters, blanks): walking the list sorted by title still works."""
+    for name in ("A", "B"):
+        client.post("/api/engines", json={"title": name})
+    with closing(sqlite3.connect(Path(app.instance_path) / "engines.sqlite3")) as connection:
+        connection.execute("UPDATE engine SET title = ? WHERE id = 1", (title,))
+        connection.commit()
+    first = client.get("/api/engines?sort=title&per_page=1").get_json()
+    second = client.get(first["next"])
+    assert second.status_code == 200
+    assert sorted(e["id"] for e in first["engines"] + second.get_json()["engines"]) == [1, 2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 
 import pytest
@@ -156,7 +157,9 @@ def test_search_sort_and_pages_in_the_list(client, app):
 def test_a_bad_list_parameter_is_a_400_page_naming_it(client):
     response = client.get("/?sort=colour")
     assert response.status_code == 400
-    assert "Sort by one of id, title, thrust" in response.get_data(as_text=True)
+    assert "<strong>sort</strong>: Sort by one of id, title, thrust" in response.get_data(as_text=True)
+    assert "<strong>colour</strong>: Unknown parameter." in client.get("/?colour=red").get_data(as_text=True)
+    assert "<strong>after</strong>: Not a valid page cursor." in client.get("/?after=!!!").get_data(as_text=True)
 
 
 @pytest.mark.parametrize("target", [
@@ -168,6 +171,32 @@ def test_after_a_form_the_app_never_redirects_to_another_site(client, app, targe
     assert response.headers["Location"] == "/"
     page = client.get("/engines/1/edit", query_string={"next": target}).get_data(as_text=True)
     assert target.replace("&", "&amp;") not in page
+
+
+@pytest.mark.parametrize("target", [
+    "/\r\nSet-Cookie: x=y", "/?a=1\nb", "/\t/evil.example", "/x\x00y", "/\u2028", "//[", "/" + "x" * 3000,
+])
+@pytest.mark.parametrize("url, data, after", [
+    ("/engines/1/thrust", {"thrust": "3"}, [(1, "Main", 3)]),
+    ("/engines/1/edit", {"title": "Renamed", "thrust": "4"}, [(1, "Renamed", 4)]),
+    ("/engines/1/delete", {}, []),
+])
+def test_a_next_url_that_is_not_a_plain_local_path_returns_to_the_list(client, app, target, url, data, after):
+    add_engines(app, [{"title": "Main", "thrust": 1}])
+    assert client.get(url.replace("thrust", "edit"), query_string={"next": target}).status_code == 200
+    response = form_post(client, url, {**data, "next": target})
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/"
+    assert all_engines(app) == after
+
+
+def test_a_forged_page_cursor_is_a_400_page_naming_it(client, app):
+    add_engines(app, [{"title": "Main", "thrust": 1}])
+    for sort, raw in [("title", br'["\ud800", 1]'), ("id", b"[" * 3000)]:
+        forged = base64.urlsafe_b64encode(raw).decode()
+        response = client.get("/", query_string={"sort": sort, "after": forged})
+        assert response.status_code == 400
+        assert "Not a valid page cursor." in response.get_data(as_text=True)
 
 
 def hidden_version(page: str) -> str:

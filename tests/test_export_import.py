@@ -6,13 +6,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 import tracemalloc
 
 import pytest
 
 import engines
-from conftest import add_engines, all_engines, csrf_token
+from conftest import ROOT, add_engines, all_engines, csrf_token
 
 TRICKY_TITLES = ["Main", 'Quote "this", comma', "Ракета-носитель", "火箭发动机", "=SUM(A1:A9)", "<b>x</b>",
                  r"back\slash", "🚀 booster", "x" * 128, "  tab-free  spaces  "]
@@ -138,6 +141,33 @@ def test_the_first_ten_problems_are_listed_with_how_many_rows_have_them(client, 
     assert all_engines(app) == []
 
 
+def peak_memory_of_refused_import(app, path) -> tuple[int, engines.ImportRejected]:
+    """The most memory (bytes, traced) an import of the file at `path` took
+    before it was refused, and the refusal."""
+    with app.app_context(), path.open("rb") as file:
+        tracemalloc.start()
+        try:
+            with pytest.raises(engines.ImportRejected) as refused:
+                engines.import_engines(file)
+            return tracemalloc.get_traced_memory()[1], refused.value
+        finally:
+            tracemalloc.stop()
+            engines.db.session.remove()
+
+
+def test_the_memory_an_import_takes_does_not_grow_with_its_bad_rows(app, tmp_path):
+    peaks = {}
+    for count in (1_000, 100_000):
+        path = tmp_path / f"{count}.csv"
+        path.write_text("title,thrust\n" + "Engine,lots\n" * count)
+        peaks[count], refused = peak_memory_of_refused_import(app, path)
+        assert refused.summary == f"Nothing was imported: {count:,} rows have problems; the first 10:"
+        assert refused.errors == [f"Line {line}, thrust: Thrust must be a whole number." for line in range(2, 12)]
+    # Keeping every message took 11 MB for 100,000 bad rows (2 GB for 16 million).
+    assert peaks[100_000] < peaks[1_000] + 256 * 1024, peaks
+    assert all_engines(app) == []
+
+
 @pytest.mark.parametrize("content, problem", [
     (b"id,title\n1,Again\n", "Line 2, id: engine 1 already exists."),
     (b"id,title\n5,A\n6,B\n5,C\n", "Line 4, id: 5 is also the id on line 2."),
@@ -151,6 +181,11 @@ def test_the_first_ten_problems_are_listed_with_how_many_rows_have_them(client, 
     (b"title\nA\x00B\n", "Line 2, title: Title must not contain control characters."),
     (b'{"engines": [\n{"title": "A", "colour": "red"}\n]}', "Line 2, colour: Unknown field."),
     (b'{"engines": [\n["A", 1]\n]}', "Line 2: Each engine must be a JSON object"),
+    (b'{"engines": [\n{"title": "A"},\n{"title": "B", "\\ud800": 1}\n]}', "Line 3, \\ud800: Unknown field."),
+    (b'{"engines": [\n{"title": "A", "\\u001b[2J": 1}\n]}', "Line 2, \\x1b[2J: Unknown field."),
+    (b'{"engines": [\n{"title": "\\ud800"}\n]}', "Line 2, title: Title must not contain control characters."),
+    (b'{"engines": [\n{"title": "A", "thrust": ' + b"[" * 50 + b"]" * 50 + b"}\n]}",
+     "Line 2, thrust: Thrust must be a whole number."),
 ])
 def test_rows_that_break_a_rule_refuse_the_file_naming_line_and_reason(client, app, content, problem):
     add_engines(app, [{"title": "First", "thrust": 0}])
@@ -173,6 +208,11 @@ def test_rows_that_break_a_rule_refuse_the_file_naming_line_and_reason(client, a
     (b'{"engines": [\n{"title": "A"}\n]}\n{"more": 1}', "Line 3: the file must end with “]}” after the engines."),
     (b'[{"title": "A"}]', 'Line 1: a JSON import is shaped as Engines exports it'),
     (b'{"items": []}', 'Line 1: a JSON import is shaped as Engines exports it'),
+    (b'{"engines": [\n{"title": "A"},\n' + b"[" * 5000 + b"]}", "Line 3: this engine is nested too deeply"),
+    (b'{"engines": [\n{"title": ' + b'{"a": ' * 3000 + b"]}", "Line 2: this engine is nested too deeply"),
+    (b'{"engines": [\n{"title": "A", "thrust": 1' + b"0" * 5000 + b"}\n]}",
+     "Line 2: a number in this engine has far too many digits."),
+    (b"title,\x01\xe2\x80\xae" + b"c" * 500 + b"\nA,1\n", "Line 1: unknown column “\\x01\\u202e" + "c" * 62 + "…”"),
 ])
 def test_a_file_that_is_not_an_export_is_refused_saying_where(client, app, content, problem):
     response = upload(client, content)
@@ -181,6 +221,24 @@ def test_a_file_that_is_not_an_export_is_refused_saying_where(client, app, conte
     assert "Nothing was imported: the file is not an export Engines can read." in page
     assert problem in page
     assert all_engines(app) == []
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b'{"engines": [\n{"title": "A", "\\ud800": 1}\n]}', "Line 2, \\ud800: Unknown field."),
+    (b'{"engines": [\n' + b"[" * 5000 + b"]}", "Line 2: this engine is nested too deeply"),
+])
+def test_the_import_command_tells_a_hostile_file_in_a_message_never_a_traceback(tmp_path, content, problem):
+    path = tmp_path / os.fsdecode(b"engines-\xff\x1b[2J.json")  # not UTF-8, and a terminal escape
+    path.write_bytes(content)
+    result = subprocess.run([sys.executable, "-m", "flask", "--app", "engines", "import", str(path)], cwd=ROOT,
+                            capture_output=True, timeout=60,
+                            env={"ENGINES_INSTANCE": str(tmp_path / "i"), "PATH": "/usr/bin:/bin"})
+    stdout, stderr = result.stdout.decode("utf-8"), result.stderr.decode("utf-8")
+    assert result.returncode == 1
+    assert stderr.startswith("Error: Nothing was imported")
+    assert problem in stderr
+    assert "Traceback" not in stderr
+    assert "\x1b" not in stdout + stderr
 
 
 def test_a_spreadsheet_csv_without_ids_adds_engines_with_new_ids(client, app):

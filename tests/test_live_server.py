@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import os
+import re
+import select
 import signal
 import socket
 import subprocess
 import sys
 
+import pytest
 import requests
 
 from conftest import ROOT, LiveServer
@@ -73,3 +78,42 @@ def test_the_server_is_waitress_never_the_werkzeug_debugger(live_server):
     assert response.headers["Server"] == "Engines"
     response = requests.get(f"{live_server.url}/console", timeout=5)
     assert response.status_code == 404
+
+
+def test_bad_input_over_real_http_is_a_4xx_and_the_server_stays_up(live_server):
+    api = f"{live_server.url}/api/engines"
+    cursor = base64.urlsafe_b64encode(b"[" * 3000).decode()
+    surrogate_cursor = base64.urlsafe_b64encode(br'["\ud800", 1]').decode()
+    answers = [
+        requests.post(api, data="[" * 5000, headers={"Content-Type": "application/json"}, timeout=5),
+        requests.post(api, data=r'{"\ud800": 1}', headers={"Content-Type": "application/json"}, timeout=5),
+        requests.get(api, params={"after": cursor}, timeout=5),
+        requests.get(api, params={"sort": "title", "after": surrogate_cursor}, timeout=5),
+        requests.get(live_server.url, params={"sort": "title", "before": surrogate_cursor}, timeout=5),
+    ]
+    assert [answer.status_code for answer in answers] == [400] * 5
+    assert answers[0].json()["error"] == "The body is nested too deeply: send one JSON object of plain values."
+    assert answers[1].json()["fields"] == {"\\ud800": "Unknown field.", "title": "Title is required."}
+    assert requests.get(f"{live_server.url}/api/health", timeout=5).json() == {"status": "ok"}
+    assert requests.get(api, timeout=5).json()["total"] == 0
+
+
+@pytest.mark.parametrize("situation, reason", [("no_display", "no display"), ("no_browser", "none was found")])
+def test_where_no_browser_can_open_engines_says_so_in_one_line_and_serves_on(tmp_path, situation, reason):
+    env = {name: value for name, value in os.environ.items() if name not in ("DISPLAY", "WAYLAND_DISPLAY", "BROWSER")}
+    if situation == "no_browser":  # a display, but no browser on the PATH
+        (tmp_path / "empty").mkdir()
+        env.update(DISPLAY=":99", PATH=str(tmp_path / "empty"))
+    process = subprocess.Popen([sys.executable, str(ROOT / "engines.py"), "--port", "0", "--instance",
+                                str(tmp_path / "i")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=env)
+    try:
+        url = re.search(r"http://127\.0\.0\.1:\d+/", process.stdout.readline()).group(0)
+        said = select.select([process.stderr], [], [], 15)[0] and process.stderr.readline()
+        assert said == f"engines: no browser could be opened here ({reason}): open {url} yourself\n"
+        assert requests.get(f"{url}api/health", timeout=5).json() == {"status": "ok"}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+        process.stdout.close()
+        process.stderr.close()

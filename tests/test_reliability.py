@@ -7,6 +7,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -326,3 +328,47 @@ def test_a_full_disk_fails_that_request_with_503_and_the_server_stays_up(small_d
         assert server.stop() == 0
     assert integrity(instance / "engines.sqlite3") == "ok"
     assert "After space came back" in [t for t, _ in rows(instance / "engines.sqlite3").values()]
+
+
+# -- many idle or slow clients ------------------------------------------------------------
+
+@contextmanager
+def open_files_limit(soft: int):
+    """Run the block, and the servers it starts, with this soft limit of open
+    files (a stock Linux desktop has 1,024), the hard limit unchanged."""
+    resource = pytest.importorskip("resource")
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, before[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, before)
+
+
+def test_hundreds_of_idle_and_slow_clients_cannot_starve_the_server(tmp_path):
+    """600 connections that never send a byte and 600 that dribble a header
+    (1,200: more than waitress's 100 by default, more sockets than select()
+    takes, and more than a soft limit of 1,024 open files allows)."""
+    resource = pytest.importorskip("resource")
+    need(resource.getrlimit(resource.RLIMIT_NOFILE)[1] >= 2048, "a hard limit of 2,048 open files or more")
+    with open_files_limit(1024):
+        server = LiveServer(tmp_path / "i")
+    host, port = server.url.removeprefix("http://").split(":")
+    idle, slow = [], []
+    with open_files_limit(max(resource.getrlimit(resource.RLIMIT_NOFILE)[0], 2048)):
+        try:
+            for connections in (idle, slow):
+                for _ in range(600):
+                    connections.append(socket.create_connection((host, int(port)), timeout=10))
+            for dribbling in slow:
+                dribbling.sendall(f"GET /api/health HTTP/1.1\r\nHost: {host}:{port}\r\nX-Slow: ".encode())
+            time.sleep(0.5)
+            for dribbling in slow:
+                dribbling.sendall(b"x")
+            health = requests.get(f"{server.url}/api/health", timeout=10)
+            assert health.status_code == 200
+            assert health.json() == {"status": "ok"}
+        finally:
+            for connection in idle + slow:
+                connection.close()
+            assert server.stop() == 0

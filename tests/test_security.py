@@ -3,6 +3,7 @@ pages, other programs and other people on the network cannot abuse."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -169,6 +170,65 @@ def test_in_token_mode_the_printed_url_carries_the_token_and_a_cookie_carries_on
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
     assert browser.get(f"{token_server.url}/", timeout=5).status_code == 200
     assert browser.get(f"{token_server.url}/api/engines", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("path, location", [
+    ("/engines/1/edit?token=s3cret-token-of-mine&engine_id=2", "/engines/1/edit?engine_id=2"),
+    ("/static/engines.css?filename=x.js&token=s3cret-token-of-mine", "/static/engines.css?filename=x.js"),
+    ("/?token=s3cret-token-of-mine&q=%E7%81%AB&q=%0D%0A", "/?q=%E7%81%AB&q=%0D%0A"),
+    ("//evil.example/?token=s3cret-token-of-mine", "/evil.example/"),
+    ("/%5Cevil.example?token=s3cret-token-of-mine", "/%5Cevil.example"),
+    ("/nowhere%0D%0ASet-Cookie:%20x=y?token=s3cret-token-of-mine", "/nowhere%0D%0ASet-Cookie%3A%20x%3Dy"),
+])
+def test_the_token_redirect_keeps_the_path_and_the_other_parameters_whatever_they_are(token_server, path, location):
+    response = requests.get(f"{token_server.url}{path}", timeout=5, allow_redirects=False)
+    assert response.status_code == 302
+    assert response.headers["Location"] == location
+    assert "Set-Cookie: x" not in response.headers.get("Set-Cookie", "")
+
+
+def test_the_session_cookie_carries_a_proof_of_the_token_never_the_token(token_server):
+    browser = requests.Session()
+    assert browser.get(f"{token_server.url}/?token=s3cret-token-of-mine", timeout=5).status_code == 200
+    [cookie] = list(browser.cookies)
+    # Decoded as the server decodes it: signed, not encrypted, so whoever gets it can read it.
+    app = engines.create_app(instance_path=token_server.instance)
+    content = app.session_interface.get_signing_serializer(app).loads(cookie.value)
+    assert "s3cret-token-of-mine" not in json.dumps(content)
+    assert "token_proof" in content
+    assert cookie.name == f"engines-{token_server.url.rsplit(':', 1)[1]}"
+    assert browser.get(f"{token_server.url}/api/engines", timeout=5).status_code == 200
+
+
+def test_two_servers_on_two_ports_keep_two_cookies_in_one_browser(tmp_path):
+    """A browser sends a host's cookies to all its ports, as requests does."""
+    first = LiveServer(tmp_path / "a", env={"ENGINES_REQUIRE_TOKEN": "true", "ENGINES_TOKEN": "first-token"})
+    second = LiveServer(tmp_path / "b", env={"ENGINES_REQUIRE_TOKEN": "true", "ENGINES_TOKEN": "second-token"})
+    try:
+        browser = requests.Session()
+        assert browser.get(f"{first.url}/?token=first-token", timeout=5).status_code == 200
+        assert browser.get(f"{second.url}/?token=second-token", timeout=5).status_code == 200
+        names = sorted(cookie.name for cookie in browser.cookies)
+        assert names == sorted(f"engines-{server.url.rsplit(':', 1)[1]}" for server in (first, second))
+        assert browser.get(f"{first.url}/api/engines", timeout=5).status_code == 200
+        assert browser.get(f"{second.url}/api/engines", timeout=5).status_code == 200
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_in_token_mode_the_api_takes_the_token_in_the_query_and_never_repeats_it(token_server):
+    for title in ("Main", "Spare", "Vernier"):
+        requests.post(f"{token_server.url}/api/engines", json={"title": title},
+                      headers={"Authorization": "Bearer s3cret-token-of-mine"}, timeout=5)
+    first = requests.get(f"{token_server.url}/api/engines?token=s3cret-token-of-mine&per_page=1&sort=title", timeout=5)
+    assert first.status_code == 200
+    assert [engine["title"] for engine in first.json()["engines"]] == ["Main"]
+    second = requests.get(first.json()["next"], params={"token": "s3cret-token-of-mine"}, timeout=5).json()
+    assert [engine["title"] for engine in second["engines"]] == ["Spare"]
+    for url in (first.json()["next"], second["next"], second["prev"]):
+        assert "token" not in url and "s3cret" not in url
+    assert requests.get(first.json()["next"], timeout=5).status_code == 401
 
 
 def test_in_token_mode_scripts_send_a_bearer_token(token_server):
