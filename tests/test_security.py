@@ -202,12 +202,12 @@ def test_the_session_cookie_carries_a_proof_of_the_token_never_the_token(token_s
 
 def test_two_servers_on_two_ports_keep_two_cookies_in_one_browser(tmp_path):
     """A browser sends a host's cookies to all its ports, as requests does."""
-    first = LiveServer(tmp_path / "a", env={"ENGINES_REQUIRE_TOKEN": "true", "ENGINES_TOKEN": "first-token"})
-    second = LiveServer(tmp_path / "b", env={"ENGINES_REQUIRE_TOKEN": "true", "ENGINES_TOKEN": "second-token"})
+    first = LiveServer(tmp_path / "a", env={"ENGINES_REQUIRE_TOKEN": "true", "ENGINES_TOKEN": "first-server-token"})
+    second = LiveServer(tmp_path / "b", env={"ENGINES_REQUIRE_TOKEN": "true", "ENGINES_TOKEN": "second-server-token"})
     try:
         browser = requests.Session()
-        assert browser.get(f"{first.url}/?token=first-token", timeout=5).status_code == 200
-        assert browser.get(f"{second.url}/?token=second-token", timeout=5).status_code == 200
+        assert browser.get(f"{first.url}/?token=first-server-token", timeout=5).status_code == 200
+        assert browser.get(f"{second.url}/?token=second-server-token", timeout=5).status_code == 200
         names = sorted(cookie.name for cookie in browser.cookies)
         assert names == sorted(f"engines-{server.url.rsplit(':', 1)[1]}" for server in (first, second))
         assert browser.get(f"{first.url}/api/engines", timeout=5).status_code == 200
