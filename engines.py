@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from functools import partial
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import quote, urlencode, urlsplit
 
 import click
@@ -58,28 +59,34 @@ from flask_wtf import FlaskForm
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from platformdirs import user_data_dir
 from sqlalchemy import (
+    DDL,
     CheckConstraint,
     Column,
     DateTime,
+    Index,
     Integer,
     MetaData,
     PrimaryKeyConstraint,
     String,
     Table,
+    Text,
     TypeDecorator,
-    and_,
+    case,
     event,
     func,
     inspect,
-    or_,
+    literal,
     select,
     text,
+    tuple_,
 )
+from sqlalchemy import column as sql_column
 from sqlalchemy import create_engine as create_sql_engine
+from sqlalchemy import table as sql_table
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.engine import Engine as SqlEngine
 from sqlalchemy.exc import ArgumentError, DatabaseError, DataError, IntegrityError, OperationalError, SQLAlchemyError
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, validates
 from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.pool import NullPool
 from werkzeug.exceptions import Conflict, HTTPException, InternalServerError, ServiceUnavailable
@@ -98,7 +105,8 @@ MAX_PER_PAGE = 500
 MAX_NEXT_URL = 2048  # characters of a page to return to after a form
 MAX_CURSOR = 1024  # characters; a cursor Engines makes (a title of 128 and an id) has fewer than 720
 SORT_KEYS = ("id", "title", "thrust")
-SCHEMA_REVISION = "3"  # the newest revision in migrations/versions/, which the model matches
+SEARCH_COUNT_LIMIT = 1000  # a search counts its matches up to here: beyond, "1,000+"
+SCHEMA_REVISION = "4"  # the newest revision in migrations/versions/, which the model matches
 BACKUP_KEEP = 10  # automatic backups kept in <instance>/backups/
 EXPORT_FIELDS = ("id", "title", "thrust", "version", "updated_at")
 EXPORT_BATCH = 1000  # engines read at a time while an export streams
@@ -190,6 +198,9 @@ class Engine(db.Model):
         CheckConstraint("typeof(title) = 'text' AND typeof(thrust) = 'integer' AND typeof(version) = 'integer'",
                         name="types").ddl_if(dialect="sqlite"),
         CheckConstraint(SQLITE_DATETIME_CHECK.format(column="updated_at"), name="updated_at").ddl_if(dialect="sqlite"),
+        # Sorts and page cursors read these in order, never the whole table.
+        Index("engine_title_order_idx", text("lower(title)"), "id"),
+        Index("engine_thrust_order_idx", "thrust", "id"),
         {"sqlite_autoincrement": True},
     )
 
@@ -198,6 +209,13 @@ class Engine(db.Model):
     thrust: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     version: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("1"))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow, onupdate=utcnow)
+    # What search reads besides the title (see search_text); kept by Engines.
+    title_search: Mapped[str | None] = mapped_column(Text)
+
+    @validates("title")
+    def keep_title_search(self, key: str, title: str) -> str:
+        self.title_search = search_text(title)
+        return title
 
     # Optimistic concurrency: every UPDATE and DELETE names the version it
     # read and bumps it, so a change based on an older read fails
@@ -208,6 +226,70 @@ class Engine(db.Model):
         """The engine as the API shows it (`self` may be a row of its columns)."""
         return {"id": self.id, "title": self.title, "thrust": self.thrust, "version": self.version,
                 "updated_at": self.updated_at.isoformat(timespec="microseconds")}
+
+
+def search_text(title: str) -> str | None:
+    """What search reads of a title besides the title itself: for a title
+    with any character beyond ASCII, its case folding as Python does it
+    (ß → ss, ﬁ → fi, Σ → σ), which the trigram index's own folding of case
+    may not do; None for an ASCII title, whose folding is plain lower case."""
+    return None if title.isascii() else title.casefold()
+
+
+# What a list shows of each engine (rows, not objects: a page of 50 reads faster).
+LIST_COLUMNS = (Engine.id, Engine.title, Engine.thrust, Engine.version, Engine.updated_at)
+
+# The count of engines, kept by triggers so that no page counts the table.
+engine_stats = Table("engine_stats", db.metadata, Column("engines", Integer, nullable=False))
+# SQLite's trigram index of titles, made by SQLITE_SEARCH_DDL, for queries.
+engine_fts = sql_table("engine_fts", sql_column("rowid"), sql_column("engine_fts"))
+
+# Search reads a trigram index of each title, and counts come from
+# engine_stats: both kept by triggers, so that whoever writes an engine
+# (Engines, the sqlite3 shell) keeps them true. SQLite's FTS5 indexes a
+# title and its search_text, folding case. A trigger adds a row to FTS5 in
+# 50 µs, so a bulk load (bulk_load()) marks itself in engine_bulk_load and
+# indexes its engines in one statement at its end. On PostgreSQL, pg_trgm
+# indexes upper(title), and statement triggers keep the count.
+SEARCH_DOCUMENT = "{row}.title || coalesce(char(10) || {row}.title_search, '')"
+SQLITE_BULK_LOAD_END = [
+    "INSERT INTO engine_fts (rowid, text)"
+    f" SELECT engine.id, {SEARCH_DOCUMENT.format(row='engine')} FROM engine_bulk_load JOIN engine USING (id)",
+    "UPDATE engine_stats SET engines = engines + (SELECT count(*) FROM engine_bulk_load WHERE id > 0)",
+    "DELETE FROM engine_bulk_load",
+]
+SQLITE_SEARCH_DDL = [
+    "CREATE VIRTUAL TABLE engine_fts USING fts5(text, content='', tokenize='trigram', detail='none')",
+    "CREATE TABLE engine_bulk_load (id INTEGER PRIMARY KEY)",
+    "CREATE TRIGGER engine_added AFTER INSERT ON engine WHEN NOT EXISTS (SELECT 1 FROM engine_bulk_load) BEGIN"
+    f" INSERT INTO engine_fts (rowid, text) VALUES (NEW.id, {SEARCH_DOCUMENT.format(row='NEW')});"
+    " UPDATE engine_stats SET engines = engines + 1; END",
+    "CREATE TRIGGER engine_added_in_bulk AFTER INSERT ON engine WHEN EXISTS (SELECT 1 FROM engine_bulk_load) BEGIN"
+    " INSERT INTO engine_bulk_load (id) VALUES (NEW.id); END",
+    "CREATE TRIGGER engine_removed AFTER DELETE ON engine BEGIN"
+    f" INSERT INTO engine_fts (engine_fts, rowid, text) VALUES ('delete', OLD.id, {SEARCH_DOCUMENT.format(row='OLD')});"
+    " UPDATE engine_stats SET engines = engines - 1; END",
+    "CREATE TRIGGER engine_retitled AFTER UPDATE OF id, title, title_search ON engine BEGIN"
+    f" INSERT INTO engine_fts (engine_fts, rowid, text) VALUES ('delete', OLD.id, {SEARCH_DOCUMENT.format(row='OLD')});"
+    f" INSERT INTO engine_fts (rowid, text) VALUES (NEW.id, {SEARCH_DOCUMENT.format(row='NEW')}); END",
+]
+POSTGRESQL_SEARCH_DDL = [
+    "CREATE EXTENSION IF NOT EXISTS pg_trgm",
+    "CREATE INDEX engine_search_idx ON engine USING gin (upper(title) gin_trgm_ops)",
+    "CREATE FUNCTION engine_count_added() RETURNS trigger LANGUAGE plpgsql AS"
+    " $$ BEGIN UPDATE engine_stats SET engines = engines + (SELECT count(*) FROM added); RETURN NULL; END $$",
+    "CREATE FUNCTION engine_count_removed() RETURNS trigger LANGUAGE plpgsql AS"
+    " $$ BEGIN UPDATE engine_stats SET engines = engines - (SELECT count(*) FROM removed); RETURN NULL; END $$",
+    "CREATE TRIGGER engine_added AFTER INSERT ON engine REFERENCING NEW TABLE AS added"
+    " FOR EACH STATEMENT EXECUTE FUNCTION engine_count_added()",
+    "CREATE TRIGGER engine_removed AFTER DELETE ON engine REFERENCING OLD TABLE AS removed"
+    " FOR EACH STATEMENT EXECUTE FUNCTION engine_count_removed()",
+]
+event.listen(engine_stats, "after_create", DDL("INSERT INTO engine_stats (engines) VALUES (0)"))
+for statement in SQLITE_SEARCH_DDL:
+    event.listen(engine_stats, "after_create", DDL(statement).execute_if(dialect="sqlite"))
+for statement in POSTGRESQL_SEARCH_DDL:
+    event.listen(engine_stats, "after_create", DDL(statement).execute_if(dialect="postgresql"))
 
 
 class ValidationError(Exception):
@@ -340,8 +422,21 @@ def validate_engine(data, *, partial: bool = False, imported: bool = False) -> d
 # ---------------------------------------------------------------------------
 
 
+class EnginePage(NamedTuple):
+    """One page of a list: its engines (rows of LIST_COLUMNS), how many
+    engines match (at most SEARCH_COUNT_LIMIT for a search, then
+    total_is_lower_bound), and the cursors of the pages on either side."""
+
+    engines: list
+    total: int
+    total_is_lower_bound: bool
+    next_cursor: str | None
+    prev_cursor: str | None
+
+
 def sort_column(key: str):
-    """The SQL expression an engine list is ordered by for a sort key."""
+    """The SQL expression an engine list is ordered by for a sort key (each
+    has an index, with the id that breaks ties)."""
     if key == "title":
         # Users expect "alpha" before "Zeta"; ids break ties between equals.
         return func.lower(Engine.title)
@@ -349,20 +444,53 @@ def sort_column(key: str):
 
 
 def title_contains(q: str):
-    """SQL condition: the title contains `q`, ignoring case, in any script.
+    """SQL condition: the title contains `q`, ignoring case in every script,
+    every character literal. The exact test, which search applies to every
+    engine it shows or counts (search_candidates finds them quickly).
 
-    SQLite's own lower() and LIKE fold ASCII only, and LIKE makes `%`, `_`
-    wildcards; so on SQLite we compare with instr() on a Unicode casefold
-    registered in the connect hook (`engines_casefold`): every character is
-    literal and `ракета` finds `Ракета-носитель`. It reads the whole table:
-    fine for thousands of engines, not yet tuned for 100,000.
-    PostgreSQL's upper() folds Unicode in a database with a UTF-8 locale
-    (upper, not lower: "ΣΊΣΥΦΟΣ" must match "σίσυφος", whose final ς lower()
-    keeps apart from σ); strpos() is literal too.
+    On SQLite, casefold is Python's: `ракета` finds `Ракета-носитель`,
+    `strasse` finds `Straße`. An ASCII title folds with SQLite's lower();
+    any other title's folding is stored in title_search (search_text),
+    except in a row another program wrote, which engines_casefold (a
+    Python function registered in the connect hook) folds. SQLite's own
+    lower() and LIKE fold ASCII only, and LIKE makes `%`, `_` wildcards.
+    On PostgreSQL: upper(title) LIKE the pattern, its wildcards escaped;
+    upper() folds Unicode in a database with a UTF-8 locale (upper, not
+    lower: "ΣΊΣΥΦΟΣ" must match "σίσυφος", whose final ς lower() keeps
+    apart from σ), and pg_trgm's index serves it.
     """
     if db.engine.dialect.name == "sqlite":
-        return func.instr(func.engines_casefold(Engine.title), q.casefold()) > 0
-    return func.strpos(func.upper(Engine.title), func.upper(q)) > 0
+        folded = func.coalesce(Engine.title_search, case(
+            (Engine.title.op("GLOB")("*[^ -~]*"), func.engines_casefold(Engine.title)), else_=func.lower(Engine.title)))
+        return func.instr(folded, q.casefold()) > 0
+    pattern = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return func.upper(Engine.title).like(func.concat("%", func.upper(pattern), "%"), escape="\\")
+
+
+def fts_query(q: str) -> str | None:
+    """The FTS5 query that finds the candidates for `q` on SQLite: each
+    trigram of its case folding, all of them; None for fewer than three
+    characters, which a trigram index cannot find."""
+    folded = q.casefold()
+    if db.engine.dialect.name != "sqlite" or len(folded) < 3:
+        return None
+    trigrams = sorted({folded[i:i + 3] for i in range(len(folded) - 2)})
+    return " AND ".join('"' + trigram.replace('"', '""') + '"' for trigram in trigrams)
+
+
+def count_engines(q: str) -> tuple[int, bool]:
+    """How many engines match `q` (all, for no `q`): (count, whether it is a
+    lower bound). Every engine is counted by engine_stats, which triggers
+    keep; a search counts its matches up to SEARCH_COUNT_LIMIT, through
+    the trigram index where it can, so that no count reads every engine."""
+    if not q:
+        return db.session.scalar(select(engine_stats.c.engines)), False
+    matches = select(literal(1)).select_from(Engine).where(title_contains(q))
+    if query := fts_query(q):
+        matches = matches.join(engine_fts, engine_fts.c.rowid == Engine.id).where(
+            engine_fts.c.engine_fts.op("MATCH")(query))
+    counted = db.session.scalar(select(func.count()).select_from(matches.limit(SEARCH_COUNT_LIMIT + 1).subquery()))
+    return min(counted, SEARCH_COUNT_LIMIT), counted > SEARCH_COUNT_LIMIT
 
 
 def encode_cursor(engine: Engine, key: str) -> str:
@@ -439,36 +567,40 @@ def parse_list_args(args) -> dict:
 
 
 def list_engines(q: str = "", sort: str = "id", per_page: int = DEFAULT_PER_PAGE,
-                 after: str | None = None, before: str | None = None):
+                 after: str | None = None, before: str | None = None) -> EnginePage:
     """One page of engines matching `q`, in `sort` order, after a cursor
     (the next page) or before one (the previous page).
 
-    Returns (engines, total matching, cursor of the next page or None,
-    cursor of the previous page or None). Pages are keyset-based: a page
-    never skips or repeats an engine when others are added or deleted
-    while a client walks the list.
+    Pages are keyset-based: a page never skips or repeats an engine when
+    others are added or deleted while a client walks the list, and reads
+    only its own engines through the sort's index. A search whose matches
+    are few (fewer than SEARCH_COUNT_LIMIT) reads them through the trigram
+    index; one that matches many reads the list in order until the page is
+    full, which takes few rows since matches are many.
     """
     key = sort.lstrip("-")
     descending = sort.startswith("-")
     column = sort_column(key)
-    matching = select(Engine)
+    total, bounded = count_engines(q)
+    page = select(*LIST_COLUMNS)
     if q:
-        matching = matching.where(title_contains(q))
-    total = db.session.scalar(select(func.count()).select_from(matching.subquery()))
+        page = page.where(title_contains(q))
+        if (query := fts_query(q)) and not bounded:
+            page = page.where(Engine.id.in_(select(engine_fts.c.rowid).where(
+                engine_fts.c.engine_fts.op("MATCH")(query))))
     # A previous page is read backwards from its cursor, then turned round.
     backwards = before is not None
     forwards_descending = descending != backwards
-    page = matching
     cursor, name = (before, "before") if backwards else (after, "after")
     if cursor is not None:
         value, last_id = decode_cursor(cursor, key, name)
-        if key == "title":
-            value = func.lower(value)
-        beyond = (column < value) if forwards_descending else (column > value)
-        tie = (Engine.id < last_id) if forwards_descending else (Engine.id > last_id)
-        page = page.where(or_(beyond, and_(column == value, tie)) if key != "id" else tie)
+        if key == "id":
+            page = page.where(Engine.id < last_id if forwards_descending else Engine.id > last_id)
+        else:
+            here, there = tuple_(column, Engine.id), tuple_(func.lower(value) if key == "title" else value, last_id)
+            page = page.where(here < there if forwards_descending else here > there)
     order = [column.desc(), Engine.id.desc()] if forwards_descending else [column, Engine.id]
-    rows = db.session.scalars(page.order_by(*order).limit(per_page + 1)).all()
+    rows = db.session.execute(page.order_by(*order).limit(per_page + 1)).all()
     more = len(rows) > per_page
     rows = rows[:per_page]
     if backwards:
@@ -478,7 +610,13 @@ def list_engines(q: str = "", sort: str = "id", per_page: int = DEFAULT_PER_PAGE
     else:
         next_cursor = encode_cursor(rows[-1], key) if more else None
         prev_cursor = encode_cursor(rows[0], key) if after is not None and rows else None
-    return rows, total, next_cursor, prev_cursor
+    return EnginePage(rows, total, bounded, next_cursor, prev_cursor)
+
+
+def strongest_thrust() -> int:
+    """The highest thrust of all engines (0 for none), which the gauges
+    measure against: read from the end of the thrust index."""
+    return db.session.scalar(select(func.max(Engine.thrust))) or 0
 
 
 # ---------------------------------------------------------------------------
@@ -495,10 +633,10 @@ def engine_batches():
     It reads rows of the columns, which to_json formats as well as an
     Engine: an ORM object weighs several times as much.
     """
-    columns = [getattr(Engine, name) for name in EXPORT_FIELDS]
     last_id = 0
     while True:
-        found = db.session.execute(select(*columns).where(Engine.id > last_id).order_by(Engine.id).limit(EXPORT_BATCH))
+        found = db.session.execute(select(*LIST_COLUMNS).where(Engine.id > last_id).order_by(Engine.id)
+                                   .limit(EXPORT_BATCH))
         rows = [Engine.to_json(row) for row in found]
         db.session.close()
         if not rows:
@@ -661,6 +799,21 @@ def advance_id_sequence() -> None:
         ))
 
 
+def begin_bulk_load() -> None:
+    """Within a write transaction: the engines inserted from now on are
+    indexed for search and counted all at once by end_bulk_load, rather
+    than by a trigger each (on SQLite; PostgreSQL's triggers do it a
+    statement at a time already)."""
+    if db.engine.dialect.name == "sqlite":
+        db.session.execute(text("INSERT INTO engine_bulk_load (id) VALUES (0)"))
+
+
+def end_bulk_load() -> None:
+    if db.engine.dialect.name == "sqlite":
+        for statement in SQLITE_BULK_LOAD_END:
+            db.session.execute(text(statement))
+
+
 def insert_batch(batch: list[tuple[int, dict]], imported_at: datetime, write: bool) -> list[str]:
     """Insert one batch of checked rows (if `write`), unless an id in it is
     already taken; returns those errors."""
@@ -670,7 +823,8 @@ def insert_batch(batch: list[tuple[int, dict]], imported_at: datetime, write: bo
     if write and batch and not errors:
         try:
             db.session.execute(Engine.__table__.insert(), [
-                {"thrust": 0, "version": 1, "updated_at": imported_at, **row} for _, row in batch
+                {"thrust": 0, "version": 1, "updated_at": imported_at, "title_search": search_text(row["title"]), **row}
+                for _, row in batch
             ])
         except (IntegrityError, DataError) as exc:
             if not ids_ran_out(exc):
@@ -696,6 +850,7 @@ def import_engines(file, progress=lambda line: None) -> int:
     file.seek(0)
     rows = json_rows(file) if head[:1] in (b"{", b"[") else csv_rows(file)
     begin_write()  # from the page it has begun already; from `flask import` here
+    begin_bulk_load()
     imported_at = utcnow()
     problems = ImportProblems()
     added = 0
@@ -738,6 +893,7 @@ def import_engines(file, progress=lambda line: None) -> int:
         raise problems.rejection()
     if with_ids:
         advance_id_sequence()
+    end_bulk_load()
     try:
         db.session.commit()
     except IntegrityError:
@@ -1057,12 +1213,16 @@ TUTORIAL = "tutorial"  # the revision name build_schema knows it by
 
 SQL_TOKEN = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|`[^`]*`|\[[^\]]*\]|\w+|\S""")
 
+# A trigger is what it runs: its timing, events, transition tables, and its
+# function's name and source.
 POSTGRESQL_BEHAVIOUR = text("""
-    SELECT 'trigger', c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+    SELECT 'trigger', c.relname, t.tgname, concat_ws(' ', t.tgtype, t.tgenabled, t.tgoldtable, t.tgnewtable,
+                                                     p.proname, md5(p.prosrc))
+      FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_proc p ON p.oid = t.tgfoid
       JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT t.tgisinternal AND n.nspname = :schema
-    UNION ALL SELECT 'rule', tablename, rulename FROM pg_rules WHERE schemaname = :schema
-    UNION ALL SELECT 'policy', tablename, policyname FROM pg_policies WHERE schemaname = :schema
-    UNION ALL SELECT 'row security', c.relname, '' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    UNION ALL SELECT 'rule', tablename, rulename, definition FROM pg_rules WHERE schemaname = :schema
+    UNION ALL SELECT 'policy', tablename, policyname, '' FROM pg_policies WHERE schemaname = :schema
+    UNION ALL SELECT 'row security', c.relname, '', '' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
       WHERE c.relrowsecurity AND n.nspname = :schema
 """)
 
@@ -1082,15 +1242,21 @@ def sql_tokens(sql: str | None) -> tuple[str, ...]:
     return tuple(tokens)
 
 
+# The tables FTS5 makes for engine_fts: their statements are FTS5's, and
+# change with the SQLite version, while engine_fts's own statement is ours.
+FTS5_SHADOW_TABLES = re.compile(r"engine_fts_(data|idx|content|docsize|config)")
+
+
 def sqlite_schema(connection) -> frozenset:
     """Every table, index, trigger and view of a SQLite database, each as
     (kind, table, name, its statement); SQLite's own bookkeeping
-    (sqlite_sequence, sqlite_stat1, sqlite_autoindex_…) is left out.
-    SQLite keeps each statement as it was written, so this is all of it:
-    columns, types, defaults, constraints, collations."""
+    (sqlite_sequence, sqlite_stat1, sqlite_autoindex_…) and FTS5's are left
+    out. SQLite keeps each statement as it was written, so this is all of
+    it: columns, types, defaults, constraints, collations."""
     rows = connection.exec_driver_sql(
         "SELECT type, tbl_name, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite!_%' ESCAPE '!'")
-    return frozenset((kind, table, name, sql_tokens(sql)) for kind, table, name, sql in rows)
+    return frozenset((kind, table, name, sql_tokens(sql)) for kind, table, name, sql in rows
+                     if not (kind == "table" and FTS5_SHADOW_TABLES.fullmatch(name)))
 
 
 def postgresql_schema(connection, schema: str | None = None) -> frozenset:
@@ -1100,10 +1266,7 @@ def postgresql_schema(connection, schema: str | None = None) -> frozenset:
     inspector = inspect(connection)
     schema = schema or connection.scalar(text("SELECT current_schema()"))
     items: set[tuple] = set()
-    # A scratch schema (expected_schema) holds temporary tables, which
-    # get_table_names leaves out.
-    temporary = inspector.get_temp_table_names() if schema.startswith("pg_temp") else []
-    for table in [*inspector.get_table_names(schema), *temporary]:
+    for table in inspector.get_table_names(schema):
         for column in inspector.get_columns(table, schema):
             # A serial column's default names its sequence, with its schema.
             default = re.sub(r"nextval\('[^']*'::regclass\)", "nextval(serial)", column["default"] or "")
@@ -1121,8 +1284,8 @@ def postgresql_schema(connection, schema: str | None = None) -> frozenset:
             items.add(("check", table, check["name"], check["sqltext"]))
     for view in [*inspector.get_view_names(schema), *inspector.get_materialized_view_names(schema)]:
         items.add(("view", view, view, ""))
-    for kind, table, name in connection.execute(POSTGRESQL_BEHAVIOUR, {"schema": schema}):
-        items.add((kind, table, name, ""))
+    for kind, table, name, what in connection.execute(POSTGRESQL_BEHAVIOUR, {"schema": schema}):
+        items.add((kind, table, name, what))
     return frozenset(items)
 
 
@@ -1136,8 +1299,10 @@ def build_schema(connection, revision: str | None, tutorial: bool = False) -> No
     """Make in the empty database behind `connection` what Engines makes at
     `revision`; with `tutorial`, what it makes of a database the tutorial's
     model made (revision None: that database as the tutorial left it)."""
+    # Nothing is looked for first: in a scratch schema on PostgreSQL, the
+    # database's own tables are on the search path too.
     if revision == SCHEMA_REVISION and not tutorial:
-        db.metadata.create_all(connection)
+        db.metadata.create_all(connection, checkfirst=False)
         ALEMBIC_VERSION.create(connection)
         return
     if tutorial:
@@ -1147,6 +1312,7 @@ def build_schema(connection, revision: str | None, tutorial: bool = False) -> No
     from alembic import command
 
     config, _ = migrations(connection)
+    config.attributes["version_table_schema"] = connection.info.get("scratch_schema")
     if tutorial:
         command.stamp(config, "1")
     command.upgrade(config, revision)
@@ -1155,8 +1321,8 @@ def build_schema(connection, revision: str | None, tutorial: bool = False) -> No
 def expected_schema(connection, revision: str | None, tutorial: bool = False) -> frozenset:
     """The schema build_schema makes, in the database system behind
     `connection`: built once per process in a scratch database (SQLite: in
-    memory; PostgreSQL: this session's temporary schema, in a transaction
-    that is rolled back), then remembered."""
+    memory; PostgreSQL: a schema of its own, in a transaction that is
+    rolled back), then remembered."""
     key = (connection.dialect.name, connection.dialect.server_version_info, revision, tutorial)
     if key in EXPECTED_SCHEMAS:
         return EXPECTED_SCHEMAS[key]
@@ -1170,12 +1336,15 @@ def expected_schema(connection, revision: str | None, tutorial: bool = False) ->
         with connection.engine.connect() as scratch:
             transaction = scratch.begin()
             try:
-                scratch.exec_driver_sql("SET LOCAL search_path TO pg_temp")
+                # public stays on the path for pg_trgm, wherever it is installed.
+                scratch.exec_driver_sql("CREATE SCHEMA engines_expected")
+                scratch.exec_driver_sql("SET LOCAL search_path TO engines_expected, public")
+                scratch.info["scratch_schema"] = "engines_expected"
                 build_schema(scratch, revision, tutorial)
-                temporary = scratch.scalar(text("SELECT nspname FROM pg_namespace WHERE oid = pg_my_temp_schema()"))
-                schema = postgresql_schema(scratch, temporary)
+                schema = postgresql_schema(scratch, "engines_expected")
             finally:
                 transaction.rollback()
+                scratch.info.pop("scratch_schema", None)
     EXPECTED_SCHEMAS[key] = schema
     return schema
 
@@ -1349,8 +1518,14 @@ def migrations(connection):
     # Alembic's options are a ConfigParser, where % starts an interpolation.
     location = str(Path(current_app.root_path) / "migrations").replace("%", "%%")
     config.set_main_option("script_location", location)
-    config.attributes.update(connection=connection, target_metadata=db.metadata)
+    config.attributes.update(connection=connection, target_metadata=db.metadata, include_name=made_by_the_model)
     return config, ScriptDirectory.from_config(config)
+
+
+def made_by_the_model(name: str, kind: str, parent_names: dict) -> bool:
+    """For Alembic's autogenerate: whether a table is one of the model's,
+    not the search index and its helpers that the model's DDL makes."""
+    return not (kind == "table" and (name in ("engine_fts", "engine_bulk_load") or FTS5_SHADOW_TABLES.fullmatch(name)))
 
 
 def schema_change(engine):
@@ -1819,17 +1994,12 @@ def safe_next_url(default: str) -> str:
 
 def render_list(form: EngineForm, status: int = 200, rejected: ImportRejected | None = None):
     params = parse_list_args(request.args)  # a ValidationError is a 400 page naming each parameter
-    engines, total, next_cursor, prev_cursor = list_engines(**params)
-    strongest = db.session.scalar(select(func.max(Engine.thrust))) or 0
     return render_template(
         "index.html",
         form=form,
-        engines=engines,
-        total=total,
+        page=list_engines(**params),
         params=params,
-        next_cursor=next_cursor,
-        prev_cursor=prev_cursor,
-        strongest=strongest,
+        strongest=strongest_thrust(),
         rejected=rejected,
         backups=backups_dir() if db.engine.dialect.name == "sqlite" else None,
     ), status
@@ -2066,7 +2236,7 @@ def health():
 @api.get("/engines")
 def api_list_engines():
     params = parse_list_args(request.args)
-    engines, total, next_cursor, prev_cursor = list_engines(**params)
+    page = list_engines(**params)
 
     def page_url(**cursor):
         query = {**cursor, "per_page": params["per_page"]}
@@ -2077,10 +2247,11 @@ def api_list_engines():
         return url_for("api.api_list_engines", _external=True, **query)
 
     return {
-        "engines": [e.to_json() for e in engines],
-        "total": total,
-        "next": page_url(after=next_cursor) if next_cursor else None,
-        "prev": page_url(before=prev_cursor) if prev_cursor else None,
+        "engines": [Engine.to_json(row) for row in page.engines],
+        "total": page.total,
+        "total_is_lower_bound": page.total_is_lower_bound,
+        "next": page_url(after=page.next_cursor) if page.next_cursor else None,
+        "prev": page_url(before=page.prev_cursor) if page.prev_cursor else None,
     }
 
 
@@ -2237,9 +2408,12 @@ def init_db_command():
               help="How many engines to add.")
 def seed_command(count: int):
     """Add COUNT demo engines (for trying the app or measuring it)."""
-    rows = [{"title": f"Engine {i:06d}", "thrust": (i * 7919) % 100_001} for i in range(1, count + 1)]
+    rows = [{"title": f"Engine {i:06d}", "thrust": (i * 7919) % 100_001, "title_search": None}
+            for i in range(1, count + 1)]
     begin_write()
+    begin_bulk_load()
     db.session.execute(Engine.__table__.insert(), rows)
+    end_bulk_load()
     db.session.commit()
     click.echo(f"Added {count:,} engines.")
 

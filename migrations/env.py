@@ -15,6 +15,12 @@ context.configure(
     target_metadata=config.attributes["target_metadata"],
     # SQLite cannot ALTER most of a table: batch mode copies it instead.
     render_as_batch=True,
+    # What the model's DDL makes beside its tables (the search index), which
+    # autogenerate would otherwise take for tables to drop.
+    include_name=config.attributes.get("include_name"),
+    # Where the revision is kept: the current schema, but for the scratch
+    # schema in which Engines builds what a revision looks like.
+    version_table_schema=config.attributes.get("version_table_schema"),
 )
 with context.begin_transaction():
     context.run_migrations()

@@ -81,7 +81,8 @@ def test_list_shape(client):
     created = post(client, {"title": "Main", "thrust": 3}).get_json()
     body = client.get("/api/engines").get_json()
     assert body == {"engines": [{"id": 1, "title": "Main", "thrust": 3, "version": 1,
-                                 "updated_at": created["updated_at"]}], "total": 1, "next": None, "prev": None}
+                                 "updated_at": created["updated_at"]}], "total": 1, "total_is_lower_bound": False,
+                    "next": None, "prev": None}
 
 
 @pytest.mark.parametrize("method, path", [

@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import warnings
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,8 +66,12 @@ def schema(path: Path) -> tuple:
 def model_differences(path: Path) -> list:
     """What Alembic's autogenerate would change to make the database match the model."""
     database_engine = create_engine(f"sqlite:///{path}")
-    with database_engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_server_default": True})
+    with database_engine.connect() as connection, warnings.catch_warnings():
+        # SQLite's reflection cannot read the expression index on lower(title):
+        # start-up's schema comparison checks it instead.
+        warnings.filterwarnings("ignore", message=".*expression-based index engine_title_order_idx")
+        context = MigrationContext.configure(connection, opts={"compare_server_default": True,
+                                                               "include_name": engines.made_by_the_model})
         differences = compare_metadata(context, engines.db.metadata)
     database_engine.dispose()
     return differences
@@ -91,14 +96,14 @@ def test_a_new_database_is_made_and_stamped_at_the_newest_revision(app, instance
     with app.app_context():
         assert engines.current_revision() == engines.SCHEMA_REVISION
     assert [column[1] for column in schema(database(instance_dir))[0]] == \
-        ["id", "title", "thrust", "version", "updated_at"]
+        ["id", "title", "thrust", "version", "updated_at", "title_search"]
     assert backups(instance_dir) == []
 
 
 def test_schema_revision_names_the_newest_of_the_migrations(app):
     with app.app_context(), engines.db.engine.connect() as connection:
         _, script = engines.migrations(connection)
-        assert [s.revision for s in reversed(list(script.walk_revisions()))] == ["1", "2", "3"]
+        assert [s.revision for s in reversed(list(script.walk_revisions()))] == ["1", "2", "3", "4"]
         assert script.get_current_head() == engines.SCHEMA_REVISION
 
 

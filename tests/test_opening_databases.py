@@ -433,7 +433,7 @@ def test_a_revision_2_database_changed_by_hand_is_upgraded_with_its_values_broug
     shown = client.get("/api/engines").get_json()["engines"]
     assert [(e["id"], e["title"], e["thrust"]) for e in shown] == [(1, "Main", 0), (2, "Aux", 3), (3, "Engine 3", 4)]
     assert shown[0]["updated_at"].startswith("2026-01-01T00:00:00")
-    report = next((instance_dir / "backups").glob("*-rev2-to-rev3-adjusted.csv")).read_text(encoding="utf-8")
+    report = next((instance_dir / "backups").glob(f"*-rev2-to-rev{HEAD}-adjusted.csv")).read_text(encoding="utf-8")
     assert "1,thrust,a lot,0" in report and "2,updated_at,not a time," in report and "3,title,  ,Engine 3" in report
 
 

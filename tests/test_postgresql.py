@@ -40,8 +40,8 @@ def test_a_new_postgresql_database_is_made_at_the_newest_revision(pg_app, pg_url
     with pg_app.app_context():
         assert engines.current_revision() == engines.SCHEMA_REVISION
     described = schema(pg_url)
-    assert described["tables"] == ["alembic_version", "engine"]
-    assert [c[0] for c in described["columns"]] == ["id", "title", "thrust", "version", "updated_at"]
+    assert described["tables"] == ["alembic_version", "engine", "engine_stats"]
+    assert [c[0] for c in described["columns"]] == ["id", "title", "thrust", "version", "updated_at", "title_search"]
     assert described["pk"]["name"] == "engine_pkey"
 
 
@@ -243,7 +243,7 @@ def test_every_kind_of_database_the_tutorial_s_model_makes_on_postgresql_opens_w
         page = client.get("/?per_page=500").get_data(as_text=True)
         assert all(str(escape(title)) in page for _, title, _ in POSTGRESQL_KINDS_UPGRADED)
         assert client.post("/api/engines", json={"title": "New"}).get_json()["id"] == 16
-        [report] = (instance_dir / "backups").glob("*-rev1-to-rev3-adjusted.csv")
+        [report] = (instance_dir / "backups").glob(f"*-rev1-to-rev{engines.SCHEMA_REVISION}-adjusted.csv")
         assert "3,title,NULL,Engine 3" in report.read_text(encoding="utf-8")
     finally:
         dispose(app)
