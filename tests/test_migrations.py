@@ -69,7 +69,7 @@ def model_differences(path: Path) -> list:
     with database_engine.connect() as connection, warnings.catch_warnings():
         # SQLite's reflection cannot read the expression index on lower(title):
         # start-up's schema comparison checks it instead.
-        warnings.filterwarnings("ignore", message=".*expression-based index engine_title_order_idx")
+        warnings.filterwarnings("ignore", message=".*expression-based index '?engine_title_order_idx")
         context = MigrationContext.configure(connection, opts={"compare_server_default": True,
                                                                "include_name": engines.made_by_the_model})
         differences = compare_metadata(context, engines.db.metadata)
