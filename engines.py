@@ -8,6 +8,10 @@ app factory, schema upgrades and backups, the HTML pages, the JSON API, the
 
 from __future__ import annotations
 
+# The one source of Engines' version: `engines --version`, the page's footer,
+# /api/health and the .deb (packaging/deb/build reads it from here).
+__version__ = "1.0.0"
+
 import argparse
 import base64
 import binascii
@@ -831,7 +835,7 @@ def create_app(test_config: dict | None = None, instance_path=None) -> Flask:
     app.register_blueprint(pages)
     app.register_blueprint(api, url_prefix="/api")
     csrf.exempt(api)
-    app.jinja_env.globals.update(max_thrust=MAX_THRUST, default_per_page=app.config["PER_PAGE"])
+    app.jinja_env.globals.update(max_thrust=MAX_THRUST, default_per_page=app.config["PER_PAGE"], version=__version__)
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(ValidationError, handle_validation_error)
     app.register_error_handler(EditConflict, handle_edit_conflict)
@@ -1527,7 +1531,7 @@ def expected_version(from_body: int | None) -> int | None:
 
 @api.get("/health")
 def health():
-    return {"status": "ok"}
+    return {"status": "ok", "version": __version__}
 
 
 @api.get("/engines")
@@ -1986,6 +1990,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="engines",
         description="Engines: keep the state of a spacecraft's engines.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--browser", action="store_true",
                       help="serve and open the app in your web browser (the default from source)")

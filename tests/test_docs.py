@@ -32,3 +32,11 @@ def test_the_two_commands_come_first():
     first_screen = README[:1500]
     assert "engines.py" in first_screen and "tests/run" in first_screen
     assert (ROOT / ".ci" / "run").read_text().strip().endswith("exec tests/run")
+
+
+def test_the_changelog_has_one_section_per_version_newest_first_starting_with_this_one():
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    sections = re.findall(r"^## (\d+)\.(\d+)\.(\d+) — \d{4}-\d{2}-\d{2}$", changelog, re.MULTILINE)
+    assert sections and ".".join(sections[0]) == engines.__version__
+    versions = [tuple(map(int, section)) for section in sections]
+    assert versions == sorted(set(versions), reverse=True)

@@ -9,6 +9,7 @@ import sys
 
 import requests
 
+import engines
 from conftest import ROOT, LiveServer
 
 
@@ -21,7 +22,7 @@ def test_serve_write_over_http_stop_with_sigterm_and_find_the_data_again(tmp_pat
     instance = tmp_path / "instance"
     server = LiveServer(instance)
     api = f"{server.url}/api/engines"
-    assert requests.get(f"{server.url}/api/health", timeout=5).json() == {"status": "ok"}
+    assert requests.get(f"{server.url}/api/health", timeout=5).json()["status"] == "ok"
     main = requests.post(api, json={"title": "Main", "thrust": 100}, timeout=5)
     assert main.status_code == 201
     spare = requests.post(api, json={"title": "Spare"}, timeout=5).json()
@@ -66,6 +67,12 @@ def test_help_explains_every_flag():
     assert result.returncode == 0
     for flag in ("--serve", "--browser", "--port", "--host", "--instance"):
         assert flag in result.stdout
+
+
+def test_version_prints_the_version_and_starts_nothing(tmp_path):
+    result = run_engines("--version", "--instance", str(tmp_path / "instance"))
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"engines {engines.__version__}\n", "")
+    assert not (tmp_path / "instance").exists()
 
 
 def test_the_server_is_waitress_never_the_werkzeug_debugger(live_server):
