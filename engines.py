@@ -83,6 +83,9 @@ from werkzeug.exceptions import Conflict, HTTPException, InternalServerError, Se
 from wtforms import HiddenField, StringField
 
 APP_NAME = "Engines"
+# Names the desktop file, the icons and the AppStream metainfo (packaging/linux/),
+# and the window's class, so that the dock shows the icon of the menu entry.
+APP_ID = "io.github.engines.Engines"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
 MAX_TITLE = 128
@@ -1912,6 +1915,31 @@ def import_webview():
     return webview
 
 
+def name_the_window_for_the_desktop() -> None:
+    """Name the program APP_ID for GTK before GTK starts, so that its window's
+    class (WM_CLASS on X11, the app id on Wayland) is the StartupWMClass of
+    the desktop file APP_ID.desktop: the dock then shows Engines' own icon
+    and name. Where GTK is missing, pywebview says so later in its words."""
+    if sys.platform in ("win32", "darwin"):
+        return
+    try:
+        import gi
+
+        gi.require_version("Gdk", "3.0")
+        gi.require_version("Gtk", "3.0")
+        from gi.repository import GLib
+
+        GLib.set_prgname(APP_ID)  # the instance part of WM_CLASS, and the Wayland app id
+        from gi.repository import Gtk  # noqa: F401 (importing it starts GTK, with that name)
+    except (ImportError, ValueError):
+        return
+    from gi.repository import Gdk
+
+    # The class part: GTK's start made it "Io.github.engines.Engines", and
+    # would again if this came before it.
+    Gdk.set_program_class(APP_ID)
+
+
 def open_window(app: Flask, server) -> int:
     """Show the app in a native window until the window is closed (or Ctrl-C
     or SIGTERM), then stop cleanly; returns the exit code. Where no window
@@ -1936,6 +1964,8 @@ def show_window(app: Flask, server) -> None:
     """
     webview = import_webview()
     from waitress import wasyncore
+
+    name_the_window_for_the_desktop()
 
     url = server_url(app, server)
     window = webview.create_window(
