@@ -107,6 +107,7 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 BUSY_TIMEOUT_MS = 10_000
 WINDOW_SIZE = (1100, 760)
 WINDOW_MIN_SIZE = (800, 600)  # the page is designed to work from 800x600 up
+WEBKITGTK = "libwebkit2gtk-4.1.so.0"  # draws the Linux binary's window (Debian: gir1.2-webkit2-4.1)
 LOG_FILE = "engines.log"
 # A PyInstaller build is "frozen": its templates and static files are
 # unpacked from the bundle into sys._MEIPASS, not found next to engines.py.
@@ -1909,10 +1910,26 @@ def import_webview():
         import webview
     except ImportError:
         raise NoWindowError("pywebview is not installed (see the README)") from None
+    if FROZEN and sys.platform.startswith("linux"):
+        check_the_system_webkitgtk()
     # pywebview prints its records to stderr, with a traceback when a GUI
     # backend fails to load: they go to engines.log instead.
     logging.getLogger("pywebview").handlers.clear()
     return webview
+
+
+def check_the_system_webkitgtk() -> None:
+    """The Linux binary is built with GTK for its window, and leaves the system's
+    WebKitGTK and the libraries it links out of the bundle (build.spec): without
+    them pywebview would fail deep inside GTK, so say plainly what is missing."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(WEBKITGTK)
+    except OSError:
+        raise NoWindowError(
+            "WebKitGTK is not installed (Debian, Ubuntu: sudo apt-get install gir1.2-webkit2-4.1)"
+        ) from None
 
 
 def name_the_window_for_the_desktop() -> None:

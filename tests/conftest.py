@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import tempfile
@@ -328,3 +329,54 @@ class WindowedEngines:
             self.process.wait()
         self.stdout.close()
         self.stderr.close()
+
+
+# -- the smallest Debian, for what the binary and the package must bring --------
+
+def minimal_debian_packages() -> set[str]:
+    """The installed packages that even the smallest Debian 12 has (what
+    `debootstrap --variant=minbase` installs): the Essential and required
+    ones, and what they depend on."""
+    listed = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${db:Status-Abbrev}\t${Package}\t${Essential}\t${Priority}\n"],
+        capture_output=True, text=True, check=True).stdout
+    roots = [fields[1] for fields in (line.split("\t") for line in listed.splitlines())
+             if fields[0].startswith("ii") and (fields[2] == "yes" or fields[3] == "required")]
+    tree = subprocess.run(
+        ["apt-cache", "depends", "--recurse", "--installed", "--no-recommends", "--no-suggests", "--no-conflicts",
+         "--no-breaks", "--no-replaces", "--no-enhances", *roots],
+        capture_output=True, text=True, check=True).stdout
+    return {line for line in tree.splitlines() if line and not line.startswith((" ", "<"))}
+
+
+def files_of_packages(packages: set[str]) -> set[str]:
+    """Every path the given installed packages put on this machine, with /usr
+    in front of /lib... (Debian 12 has merged /lib into /usr/lib)."""
+    files = set()
+    for packages_list in Path("/var/lib/dpkg/info").glob("*.list"):
+        if packages_list.stem.split(":")[0] in packages:
+            for path in packages_list.read_text().splitlines():
+                files.add(f"/usr{path}" if path.startswith(("/lib/", "/lib64/")) else path)
+    return files
+
+
+@pytest.fixture
+def minimal_debian(tmp_path) -> list[str]:
+    """A command prefix that runs a program on this machine as if it were the
+    smallest Debian 12: in a private mount namespace (unshare, as root) whose
+    library folder shows only what the minimal packages installed there. No
+    WebKitGTK, GTK, GLib or typelibs; libc, zlib and the like stay."""
+    need(os.geteuid() == 0 and shutil.which("unshare") is not None,
+         "hiding libraries in a mount namespace needs root and unshare (util-linux)")
+    need(shutil.which("apt-cache") is not None, "apt-cache is not installed (a Debian system is needed)")
+    libraries = Path("/usr/lib") / f"{os.uname().machine}-linux-gnu"
+    kept = files_of_packages(minimal_debian_packages())
+    upper, work = tmp_path / "overlay-upper", tmp_path / "overlay-work"
+    upper.mkdir()
+    work.mkdir()
+    for entry in libraries.iterdir():
+        if str(entry) not in kept:
+            os.mknod(upper / entry.name, 0o600 | stat.S_IFCHR, os.makedev(0, 0))  # overlayfs: "deleted"
+    overlay = f"lowerdir={libraries},upperdir={upper},workdir={work}"
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            f'mount -t overlay overlay -o {overlay} {libraries} && exec "$@"', "minimal-debian"]
