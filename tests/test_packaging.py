@@ -25,6 +25,7 @@ def binary(tmp_path_factory) -> Path:
     """dist/engines, built from build.spec into a temporary folder."""
     need(importlib.util.find_spec("PyInstaller") is not None, "PyInstaller is not installed (requirements-dev.txt)")
     need(shutil.which("objdump") is not None, "binutils is not installed (Debian package binutils)")
+    need(shutil.which("patchelf") is not None, "patchelf is not installed (Debian package patchelf)")
     work = tmp_path_factory.mktemp("pyinstaller")
     build = subprocess.run(
         [sys.executable, "-m", "PyInstaller", str(ROOT / "build.spec"), "--noconfirm",
