@@ -284,7 +284,8 @@ def display():
 
 class WindowedEngines:
     """An Engines command (`python engines.py …` or the binary) that opens
-    its window on `display`, driven by a script of tests/window_scripts/."""
+    its window on `display`, driven by a script of tests/window_scripts/.
+    `env` adds to the environment; a name given None is taken out of it."""
 
     def __init__(self, command: list[str], script: str, display: str, workdir: Path,
                  env: dict | None = None, screenshot: str | None = None):
@@ -292,8 +293,8 @@ class WindowedEngines:
         workdir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **(env or {}), "DISPLAY": display,
                "ENGINES_WINDOW_TEST_SCRIPT": str(WINDOW_SCRIPTS / script),
-               "WINDOW_TEST_OUTPUT": str(workdir)}
-        env.pop("WAYLAND_DISPLAY", None)
+               "WINDOW_TEST_OUTPUT": str(workdir), "WAYLAND_DISPLAY": None}
+        env = {name: value for name, value in env.items() if value is not None}
         if screenshot:
             OUTPUT.mkdir(exist_ok=True)
             env["WINDOW_TEST_SCREENSHOT"] = str(OUTPUT / screenshot)
@@ -333,20 +334,38 @@ class WindowedEngines:
 
 # -- the smallest Debian, for what the binary and the package must bring --------
 
+def installed_packages() -> dict[str, dict[str, str]]:
+    """Every package installed on this machine: its fields in dpkg's status file."""
+    packages = {}
+    for stanza in Path("/var/lib/dpkg/status").read_text(encoding="utf-8").split("\n\n"):
+        fields = dict(re.findall(r"^([\w-]+): (.*(?:\n .*)*)", stanza, re.MULTILINE))
+        if fields.get("Status", "").endswith(" installed"):
+            packages[fields["Package"]] = fields
+    return packages
+
+
 def minimal_debian_packages() -> set[str]:
     """The installed packages that even the smallest Debian 12 has (what
     `debootstrap --variant=minbase` installs): the Essential and required
-    ones, and what they depend on."""
-    listed = subprocess.run(
-        ["dpkg-query", "-W", "-f", "${db:Status-Abbrev}\t${Package}\t${Essential}\t${Priority}\n"],
-        capture_output=True, text=True, check=True).stdout
-    roots = [fields[1] for fields in (line.split("\t") for line in listed.splitlines())
-             if fields[0].startswith("ii") and (fields[2] == "yes" or fields[3] == "required")]
-    tree = subprocess.run(
-        ["apt-cache", "depends", "--recurse", "--installed", "--no-recommends", "--no-suggests", "--no-conflicts",
-         "--no-breaks", "--no-replaces", "--no-enhances", *roots],
-        capture_output=True, text=True, check=True).stdout
-    return {line for line in tree.splitlines() if line and not line.startswith((" ", "<"))}
+    ones, and what they depend on (of alternatives, the first one installed)."""
+    installed = installed_packages()
+    provider = {}
+    for name, fields in installed.items():
+        for alias in [name, *(item.split("(")[0].strip() for item in fields.get("Provides", "").split(","))]:
+            provider.setdefault(alias, name)
+    wanted = [name for name, fields in installed.items()
+              if fields.get("Essential") == "yes" or fields.get("Priority") == "required"]
+    minimal = set()
+    while wanted:
+        name = wanted.pop()
+        if name in minimal:
+            continue
+        minimal.add(name)
+        fields = installed[name]
+        for group in f"{fields.get('Pre-Depends', '')},{fields.get('Depends', '')}".split(","):
+            alternatives = [item.split("(")[0].strip().split(":")[0] for item in group.split("|")]
+            wanted += [provider[alternative] for alternative in alternatives if alternative in provider][:1]
+    return minimal
 
 
 def files_of_packages(packages: set[str]) -> set[str]:
