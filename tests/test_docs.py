@@ -28,9 +28,13 @@ def test_every_flask_command_is_documented(app):
         assert f"`{name}" in README, name
 
 
-def test_the_two_commands_come_first():
-    first_screen = README[:1500]
-    assert "engines.py" in first_screen and "tests/run" in first_screen
+def test_installing_comes_first_then_the_two_commands():
+    sections = re.findall(r"^## (.+)$", README, re.MULTILINE)
+    assert sections[:3] == ["Install", "Run it", "Test it"]
+    install = README[README.index("## Install"):README.index("## Run it")]
+    assert f"sudo apt install ./engines_{engines.__version__}_amd64.deb" in install and "./engines" in install
+    commands = README[README.index("## Run it"):README.index("## The window")]
+    assert "engines.py" in commands and "tests/run" in commands
     assert (ROOT / ".ci" / "run").read_text().strip().endswith("exec tests/run")
 
 
