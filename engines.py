@@ -8,6 +8,10 @@ app factory, schema upgrades and backups, the HTML pages, the JSON API, the
 
 from __future__ import annotations
 
+# The one source of Engines' version: `engines --version`, the page's footer,
+# /api/health and the .deb (packaging/deb/build reads it from here).
+__version__ = "1.0.0"
+
 import argparse
 import base64
 import binascii
@@ -93,6 +97,9 @@ from werkzeug.exceptions import Conflict, HTTPException, InternalServerError, Se
 from wtforms import HiddenField, StringField
 
 APP_NAME = "Engines"
+# Names the desktop file, the icons and the AppStream metainfo (packaging/linux/),
+# and the window's class, so that the dock shows the icon of the menu entry.
+APP_ID = "io.github.engines.Engines"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
 MAX_TITLE = 128
@@ -121,6 +128,7 @@ CHANNEL_TIMEOUT = 30  # seconds after which a silent connection is closed (waitr
 BUSY_TIMEOUT_MS = 10_000
 WINDOW_SIZE = (1100, 760)
 WINDOW_MIN_SIZE = (800, 600)  # the page is designed to work from 800x600 up
+WEBKITGTK = "libwebkit2gtk-4.1.so.0"  # draws the Linux binary's window (Debian: gir1.2-webkit2-4.1)
 LOG_FILE = "engines.log"
 # A PyInstaller build is "frozen": its templates and static files are
 # unpacked from the bundle into sys._MEIPASS, not found next to engines.py.
@@ -1134,7 +1142,7 @@ def create_app(test_config: dict | None = None, instance_path=None) -> Flask:
     app.register_blueprint(pages)
     app.register_blueprint(api, url_prefix="/api")
     csrf.exempt(api)
-    app.jinja_env.globals.update(max_thrust=MAX_THRUST, default_per_page=app.config["PER_PAGE"])
+    app.jinja_env.globals.update(max_thrust=MAX_THRUST, default_per_page=app.config["PER_PAGE"], version=__version__)
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(ValidationError, handle_validation_error)
     app.register_error_handler(EditConflict, handle_edit_conflict)
@@ -2230,7 +2238,7 @@ def expected_version(from_body: int | None) -> int | None:
 
 @api.get("/health")
 def health():
-    return {"status": "ok"}
+    return {"status": "ok", "version": __version__}
 
 
 @api.get("/engines")
@@ -2680,10 +2688,51 @@ def import_webview():
         import webview
     except ImportError:
         raise NoWindowError("pywebview is not installed (see the README)") from None
+    if FROZEN and sys.platform.startswith("linux"):
+        check_the_system_webkitgtk()
     # pywebview prints its records to stderr, with a traceback when a GUI
     # backend fails to load: they go to engines.log instead.
     logging.getLogger("pywebview").handlers.clear()
     return webview
+
+
+def check_the_system_webkitgtk() -> None:
+    """The Linux binary is built with GTK for its window, and leaves the system's
+    WebKitGTK and the libraries it links out of the bundle (build.spec): without
+    them pywebview would fail deep inside GTK, so say plainly what is missing."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(WEBKITGTK)
+    except OSError:
+        raise NoWindowError(
+            "WebKitGTK is not installed (Debian, Ubuntu: sudo apt-get install gir1.2-webkit2-4.1)"
+        ) from None
+
+
+def name_the_window_for_the_desktop() -> None:
+    """Name the program APP_ID for GTK before GTK starts, so that its window's
+    class (WM_CLASS on X11, the app id on Wayland) is the StartupWMClass of
+    the desktop file APP_ID.desktop: the dock then shows Engines' own icon
+    and name. Where GTK is missing, pywebview says so later in its words."""
+    if sys.platform in ("win32", "darwin"):
+        return
+    try:
+        import gi
+
+        gi.require_version("Gdk", "3.0")
+        gi.require_version("Gtk", "3.0")
+        from gi.repository import GLib
+
+        GLib.set_prgname(APP_ID)  # the instance part of WM_CLASS, and the Wayland app id
+        from gi.repository import Gtk  # noqa: F401 (importing it starts GTK, with that name)
+    except (ImportError, ValueError):
+        return
+    from gi.repository import Gdk
+
+    # The class part: GTK's start made it "Io.github.engines.Engines", and
+    # would again if this came before it.
+    Gdk.set_program_class(APP_ID)
 
 
 def open_window(app: Flask, server) -> int:
@@ -2710,6 +2759,8 @@ def show_window(app: Flask, server) -> None:
     """
     webview = import_webview()
     from waitress import wasyncore
+
+    name_the_window_for_the_desktop()
 
     url = server_url(app, server)
     window = webview.create_window(
@@ -2764,6 +2815,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="engines",
         description="Engines: keep the state of a spacecraft's engines.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--browser", action="store_true",
                       help="serve and open the app in your web browser (the default from source)")

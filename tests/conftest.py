@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import tempfile
@@ -292,7 +293,8 @@ def display():
 
 class WindowedEngines:
     """An Engines command (`python engines.py …` or the binary) that opens
-    its window on `display`, driven by a script of tests/window_scripts/."""
+    its window on `display`, driven by a script of tests/window_scripts/.
+    `env` adds to the environment; a name given None is taken out of it."""
 
     def __init__(self, command: list[str], script: str, display: str, workdir: Path,
                  env: dict | None = None, screenshot: str | None = None):
@@ -300,8 +302,8 @@ class WindowedEngines:
         workdir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **(env or {}), "DISPLAY": display,
                "ENGINES_WINDOW_TEST_SCRIPT": str(WINDOW_SCRIPTS / script),
-               "WINDOW_TEST_OUTPUT": str(workdir)}
-        env.pop("WAYLAND_DISPLAY", None)
+               "WINDOW_TEST_OUTPUT": str(workdir), "WAYLAND_DISPLAY": None}
+        env = {name: value for name, value in env.items() if value is not None}
         if screenshot:
             OUTPUT.mkdir(exist_ok=True)
             env["WINDOW_TEST_SCREENSHOT"] = str(OUTPUT / screenshot)
@@ -337,3 +339,72 @@ class WindowedEngines:
             self.process.wait()
         self.stdout.close()
         self.stderr.close()
+
+
+# -- the smallest Debian, for what the binary and the package must bring --------
+
+def installed_packages() -> dict[str, dict[str, str]]:
+    """Every package installed on this machine: its fields in dpkg's status file."""
+    packages = {}
+    for stanza in Path("/var/lib/dpkg/status").read_text(encoding="utf-8").split("\n\n"):
+        fields = dict(re.findall(r"^([\w-]+): (.*(?:\n .*)*)", stanza, re.MULTILINE))
+        if fields.get("Status", "").endswith(" installed"):
+            packages[fields["Package"]] = fields
+    return packages
+
+
+def minimal_debian_packages() -> set[str]:
+    """The installed packages that even the smallest Debian 12 has (what
+    `debootstrap --variant=minbase` installs): the Essential and required
+    ones, and what they depend on (of alternatives, the first one installed)."""
+    installed = installed_packages()
+    provider = {}
+    for name, fields in installed.items():
+        for alias in [name, *(item.split("(")[0].strip() for item in fields.get("Provides", "").split(","))]:
+            provider.setdefault(alias, name)
+    wanted = [name for name, fields in installed.items()
+              if fields.get("Essential") == "yes" or fields.get("Priority") == "required"]
+    minimal = set()
+    while wanted:
+        name = wanted.pop()
+        if name in minimal:
+            continue
+        minimal.add(name)
+        fields = installed[name]
+        for group in f"{fields.get('Pre-Depends', '')},{fields.get('Depends', '')}".split(","):
+            alternatives = [item.split("(")[0].strip().split(":")[0] for item in group.split("|")]
+            wanted += [provider[alternative] for alternative in alternatives if alternative in provider][:1]
+    return minimal
+
+
+def files_of_packages(packages: set[str]) -> set[str]:
+    """Every path the given installed packages put on this machine, with /usr
+    in front of /lib... (Debian 12 has merged /lib into /usr/lib)."""
+    files = set()
+    for packages_list in Path("/var/lib/dpkg/info").glob("*.list"):
+        if packages_list.stem.split(":")[0] in packages:
+            for path in packages_list.read_text().splitlines():
+                files.add(f"/usr{path}" if path.startswith(("/lib/", "/lib64/")) else path)
+    return files
+
+
+@pytest.fixture
+def minimal_debian(tmp_path) -> list[str]:
+    """A command prefix that runs a program on this machine as if it were the
+    smallest Debian 12: in a private mount namespace (unshare, as root) whose
+    library folder shows only what the minimal packages installed there. No
+    WebKitGTK, GTK, GLib or typelibs; libc, zlib and the like stay."""
+    need(os.geteuid() == 0 and shutil.which("unshare") is not None,
+         "hiding libraries in a mount namespace needs root and unshare (util-linux)")
+    need(shutil.which("apt-cache") is not None, "apt-cache is not installed (a Debian system is needed)")
+    libraries = Path("/usr/lib") / f"{os.uname().machine}-linux-gnu"
+    kept = files_of_packages(minimal_debian_packages())
+    upper, work = tmp_path / "overlay-upper", tmp_path / "overlay-work"
+    upper.mkdir()
+    work.mkdir()
+    for entry in libraries.iterdir():
+        if str(entry) not in kept:
+            os.mknod(upper / entry.name, 0o600 | stat.S_IFCHR, os.makedev(0, 0))  # overlayfs: "deleted"
+    overlay = f"lowerdir={libraries},upperdir={upper},workdir={work}"
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            f'mount -t overlay overlay -o {overlay} {libraries} && exec "$@"', "minimal-debian"]

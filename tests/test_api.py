@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import engines
 from conftest import SEARCH_CASES, SEARCH_TITLES, add_engines, all_engines
 
 
@@ -31,10 +32,10 @@ def changed_at(engine: dict) -> datetime:
     return moment
 
 
-def test_health_says_ok(client):
+def test_health_says_ok_and_names_the_version(client):
     response = client.get("/api/health")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ok"}
+    assert response.get_json() == {"status": "ok", "version": engines.__version__}
 
 
 def test_create_read_update_delete_round_trip(client, app):

@@ -28,7 +28,19 @@ def test_every_flask_command_is_documented(app):
         assert f"`{name}" in README, name
 
 
-def test_the_two_commands_come_first():
-    first_screen = README[:1500]
-    assert "engines.py" in first_screen and "tests/run" in first_screen
+def test_installing_comes_first_then_the_two_commands():
+    sections = re.findall(r"^## (.+)$", README, re.MULTILINE)
+    assert sections[:3] == ["Install", "Run it", "Test it"]
+    install = README[README.index("## Install"):README.index("## Run it")]
+    assert f"sudo apt install ./engines_{engines.__version__}_amd64.deb" in install and "./engines" in install
+    commands = README[README.index("## Run it"):README.index("## The window")]
+    assert "engines.py" in commands and "tests/run" in commands
     assert (ROOT / ".ci" / "run").read_text().strip().endswith("exec tests/run")
+
+
+def test_the_changelog_has_one_section_per_version_newest_first_starting_with_this_one():
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    sections = re.findall(r"^## (\d+)\.(\d+)\.(\d+) — \d{4}-\d{2}-\d{2}$", changelog, re.MULTILINE)
+    assert sections and ".".join(sections[0]) == engines.__version__
+    versions = [tuple(map(int, section)) for section in sections]
+    assert versions == sorted(set(versions), reverse=True)

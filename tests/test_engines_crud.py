@@ -21,6 +21,12 @@ def test_empty_list_invites_the_first_engine(client):
     assert "Add an engine" in page
 
 
+def test_every_page_shows_the_version_in_its_footer(client):
+    footer = f'<footer class="footer">Engines {engines.__version__}</footer>'
+    for url in ("/", "/engines/1/edit"):  # the list, and an error page (no engine 1)
+        assert footer in client.get(url).get_data(as_text=True)
+
+
 def test_add_an_engine_from_the_page(client, app):
     response = form_post(client, "/engines", {"title": " Main ", "thrust": "1500"}, follow_redirects=True)
     assert response.status_code == 200

@@ -14,6 +14,7 @@ import sys
 import pytest
 import requests
 
+import engines
 from conftest import ROOT, LiveServer
 
 
@@ -26,7 +27,7 @@ def test_serve_write_over_http_stop_with_sigterm_and_find_the_data_again(tmp_pat
     instance = tmp_path / "instance"
     server = LiveServer(instance)
     api = f"{server.url}/api/engines"
-    assert requests.get(f"{server.url}/api/health", timeout=5).json() == {"status": "ok"}
+    assert requests.get(f"{server.url}/api/health", timeout=5).json()["status"] == "ok"
     main = requests.post(api, json={"title": "Main", "thrust": 100}, timeout=5)
     assert main.status_code == 201
     spare = requests.post(api, json={"title": "Spare"}, timeout=5).json()
@@ -73,6 +74,12 @@ def test_help_explains_every_flag():
         assert flag in result.stdout
 
 
+def test_version_prints_the_version_and_starts_nothing(tmp_path):
+    result = run_engines("--version", "--instance", str(tmp_path / "instance"))
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"engines {engines.__version__}\n", "")
+    assert not (tmp_path / "instance").exists()
+
+
 def test_the_server_is_waitress_never_the_werkzeug_debugger(live_server):
     response = requests.get(f"{live_server.url}/api/health", timeout=5)
     assert response.headers["Server"] == "Engines"
@@ -94,7 +101,7 @@ def test_bad_input_over_real_http_is_a_4xx_and_the_server_stays_up(live_server):
     assert [answer.status_code for answer in answers] == [400] * 5
     assert answers[0].json()["error"] == "The body is nested too deeply: send one JSON object of plain values."
     assert answers[1].json()["fields"] == {"\\ud800": "Unknown field.", "title": "Title is required."}
-    assert requests.get(f"{live_server.url}/api/health", timeout=5).json() == {"status": "ok"}
+    assert requests.get(f"{live_server.url}/api/health", timeout=5).json()["status"] == "ok"
     assert requests.get(api, timeout=5).json()["total"] == 0
 
 
@@ -111,7 +118,7 @@ def test_where_no_browser_can_open_engines_says_so_in_one_line_and_serves_on(tmp
         url = re.search(r"http://127\.0\.0\.1:\d+/", process.stdout.readline()).group(0)
         said = select.select([process.stderr], [], [], 15)[0] and process.stderr.readline()
         assert said == f"engines: no browser could be opened here ({reason}): open {url} yourself\n"
-        assert requests.get(f"{url}api/health", timeout=5).json() == {"status": "ok"}
+        assert requests.get(f"{url}api/health", timeout=5).json()["status"] == "ok"
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(15) == 0

@@ -25,6 +25,7 @@ def binary(tmp_path_factory) -> Path:
     """dist/engines, built from build.spec into a temporary folder."""
     need(importlib.util.find_spec("PyInstaller") is not None, "PyInstaller is not installed (requirements-dev.txt)")
     need(shutil.which("objdump") is not None, "binutils is not installed (Debian package binutils)")
+    need(shutil.which("patchelf") is not None, "patchelf is not installed (Debian package patchelf)")
     work = tmp_path_factory.mktemp("pyinstaller")
     build = subprocess.run(
         [sys.executable, "-m", "PyInstaller", str(ROOT / "build.spec"), "--noconfirm",
@@ -41,11 +42,12 @@ def user_env(tmp_path: Path, **extra: str) -> dict:
 
 
 class RunningBinary:
-    """The binary serving (--serve, --browser) on a free port."""
+    """The binary serving (--serve, --browser) on a free port; `on` is a
+    command prefix to run it with (minimal_debian)."""
 
-    def __init__(self, binary: Path, mode: str, env: dict, cwd: Path):
+    def __init__(self, binary: Path, mode: str, env: dict, cwd: Path, on: list[str] = ()):
         cwd.mkdir(exist_ok=True)
-        self.process = subprocess.Popen([str(binary), mode, "--port", "0"], cwd=cwd, env=env,
+        self.process = subprocess.Popen([*on, str(binary), mode, "--port", "0"], cwd=cwd, env=env,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.process.stdout.readline()
         match = re.search(r"http://127\.0\.0\.1:\d+", line)
@@ -55,12 +57,15 @@ class RunningBinary:
         self.url = match.group(0)
 
     def stop(self) -> int:
+        """SIGTERM, then its exit code; what it said on stderr is then in self.errors."""
         self.process.send_signal(signal.SIGTERM)
         try:
-            return self.process.wait(15)
-        finally:
-            self.process.stdout.close()
-            self.process.stderr.close()
+            _, self.errors = self.process.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.communicate()
+            raise
+        return self.process.returncode
 
 
 def test_the_binary_keeps_engines_in_the_user_data_folder_from_one_run_to_the_next(binary, tmp_path):
@@ -114,7 +119,7 @@ def test_the_binary_without_stdout_and_stderr_starts_and_logs_to_its_file(binary
         while not (log.exists() and "running at" in log.read_text()) and time.monotonic() < deadline:
             time.sleep(0.1)
         url = re.search(r"http://127\.0\.0\.1:\d+", log.read_text()).group(0)
-        assert requests.get(f"{url}/api/health", timeout=5).json() == {"status": "ok"}
+        assert requests.get(f"{url}/api/health", timeout=5).json()["status"] == "ok"
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(15) == 0
@@ -137,3 +142,40 @@ def test_the_browser_started_by_the_binary_gets_the_users_library_path(binary, t
         assert opened.read_text().split() == [f"{running.url}/", "/opt/users/lib"]
     finally:
         assert running.stop() == 0
+
+
+# The smallest Debian has no WebKitGTK, GTK or GLib, nor SQLite or libffi
+# (which WebKitGTK links, and which the binary therefore carries).
+
+
+def test_without_webkitgtk_the_binary_serves(binary, minimal_debian, tmp_path):
+    running = RunningBinary(binary, "--serve", user_env(tmp_path), cwd=tmp_path / "here", on=minimal_debian)
+    try:
+        assert requests.get(f"{running.url}/api/health", timeout=5).json()["status"] == "ok"
+        created = requests.post(f"{running.url}/api/engines", json={"title": "Main", "thrust": 1200}, timeout=5)
+        assert created.status_code == 201
+        assert "Main" in requests.get(running.url, timeout=5).text
+    finally:
+        assert running.stop() == 0
+    assert running.errors == ""
+
+
+def test_without_webkitgtk_the_window_says_so_in_one_line_and_opens_the_browser(
+        binary, minimal_debian, display, tmp_path):
+    browser = tmp_path / "browser"
+    browser.write_text('#!/bin/sh\necho "$1" > "$0.opened"\n')
+    browser.chmod(0o755)
+    env = user_env(tmp_path, DISPLAY=display, BROWSER=str(browser))
+    running = RunningBinary(binary, "--window", env, cwd=tmp_path / "here", on=minimal_debian)
+    try:
+        assert requests.get(f"{running.url}/api/health", timeout=5).json()["status"] == "ok"
+        opened = Path(f"{browser}.opened")
+        deadline = time.monotonic() + 15
+        while not opened.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert opened.read_text().strip() == f"{running.url}/"
+    finally:
+        assert running.stop() == 0
+    assert running.errors == (
+        "engines: cannot open a window: WebKitGTK is not installed "
+        "(Debian, Ubuntu: sudo apt-get install gir1.2-webkit2-4.1). Opening the browser instead.\n")

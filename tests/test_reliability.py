@@ -319,7 +319,7 @@ def test_a_full_disk_fails_that_request_with_503_and_the_server_stays_up(small_d
         title, response = failures[0]
         assert response.status_code == 503
         assert "full" in response.json()["error"] and "nothing was changed" in response.json()["error"]
-        assert requests.get(f"{server.url}/api/health", timeout=10).json() == {"status": "ok"}
+        assert requests.get(f"{server.url}/api/health", timeout=10).json()["status"] == "ok"
         titles = [e["title"] for e in requests.get(f"{api}?per_page=500", timeout=10).json()["engines"]]
         assert title not in titles
         filler.unlink()
@@ -367,7 +367,7 @@ def test_hundreds_of_idle_and_slow_clients_cannot_starve_the_server(tmp_path):
                 dribbling.sendall(b"x")
             health = requests.get(f"{server.url}/api/health", timeout=10)
             assert health.status_code == 200
-            assert health.json() == {"status": "ok"}
+            assert health.json()["status"] == "ok"
         finally:
             for connection in idle + slow:
                 connection.close()

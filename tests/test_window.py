@@ -77,6 +77,8 @@ def test_the_window_opens_titled_engines_and_shows_the_engines(windowed, tmp_pat
     # It has the app's icon and cannot be made smaller than 800x600.
     assert "Icon (256 x 256)" in seen["properties"]
     assert "minimum size: 800 by 600" in seen["properties"]
+    # Its class is the app id, the StartupWMClass of its desktop file.
+    assert f'WM_CLASS(STRING) = "{engines.APP_ID}", "{engines.APP_ID}"' in seen["properties"]
     assert f"Engines is running at {seen['url']}" in run.output()[0]
 
 
@@ -171,7 +173,7 @@ def test_without_a_window_engines_says_why_in_one_line_and_serves_in_the_browser
     )
     try:
         url = re.search(r"http://127\.0\.0\.1:\d+/", process.stdout.readline()).group(0)
-        assert requests.get(f"{url}api/health", timeout=5).json() == {"status": "ok"}
+        assert requests.get(f"{url}api/health", timeout=5).json()["status"] == "ok"
         opened = Path(f"{browser}.opened")
         deadline = time.monotonic() + 15
         while not opened.exists() and time.monotonic() < deadline:

@@ -68,11 +68,23 @@ def screenshot_once_painted(path: str) -> tuple[int, str]:
 
 
 def window_properties() -> str:
-    """What the window tells the window manager: its icon and size hints."""
+    """What the window tells the window manager: its icon, size hints and class."""
     xid = window_id()
     icon = subprocess.run(["xprop", "-id", xid, "-len", "8", "_NET_WM_ICON"], capture_output=True, text=True)
-    hints = subprocess.run(["xprop", "-id", xid, "WM_NORMAL_HINTS"], capture_output=True, text=True)
+    hints = subprocess.run(["xprop", "-id", xid, "WM_NORMAL_HINTS", "WM_CLASS"], capture_output=True, text=True)
     return icon.stdout + hints.stdout
+
+
+def mapped_files(pids: list[int]) -> list[str]:
+    """The files these processes have mapped into memory: every library and
+    typelib they loaded, whether linked or opened at run time."""
+    files = set()
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith("/"):
+                files.add(fields[5].removesuffix(" (deleted)"))
+    return sorted(files)
 
 
 seen = {}
@@ -84,6 +96,7 @@ try:
         "[...document.querySelectorAll('table.engines td.title')].map(cell => cell.textContent.trim())")
     seen["url"] = window.get_current_url()
     seen["children"] = child_processes()
+    seen["mapped"] = mapped_files([os.getpid(), *seen["children"]])
     if os.environ.get("WINDOW_TEST_SCREENSHOT"):
         seen["colours"], seen["size"] = screenshot_once_painted(os.environ["WINDOW_TEST_SCREENSHOT"])
         seen["properties"] = window_properties()
