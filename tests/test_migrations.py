@@ -60,7 +60,7 @@ def schema(path: Path) -> tuple:
     with closing(sqlite3.connect(path)) as connection:
         sql = connection.execute("SELECT sql FROM sqlite_master WHERE name = 'engine'").fetchone()[0]
         return (connection.execute("PRAGMA table_info(engine)").fetchall(), "AUTOINCREMENT" in sql,
-                connection.execute("PRAGMA index_list(engine)").fetchall())
+                sorted(index[1:] for index in connection.execute("PRAGMA index_list(engine)")))
 
 
 def model_differences(path: Path) -> list:
