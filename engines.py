@@ -36,7 +36,6 @@ import unicodedata
 import webbrowser
 from contextlib import ExitStack, closing, contextmanager, suppress
 from datetime import UTC, datetime
-from functools import partial
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import NamedTuple
@@ -80,9 +79,10 @@ from sqlalchemy import (
     func,
     inspect,
     literal,
+    literal_column,
+    or_,
     select,
     text,
-    tuple_,
 )
 from sqlalchemy import column as sql_column
 from sqlalchemy import create_engine as create_sql_engine
@@ -231,7 +231,7 @@ class Engine(db.Model):
     __mapper_args__ = {"version_id_col": version}
 
     def to_json(self) -> dict:
-        """The engine as the API shows it (`self` may be a row of its columns)."""
+        """The engine as the API shows it (a list shows rows of list_columns() the same)."""
         return {"id": self.id, "title": self.title, "thrust": self.thrust, "version": self.version,
                 "updated_at": self.updated_at.isoformat(timespec="microseconds")}
 
@@ -244,8 +244,25 @@ def search_text(title: str) -> str | None:
     return None if title.isascii() else title.casefold()
 
 
-# What a list shows of each engine (rows, not objects: a page of 50 reads faster).
-LIST_COLUMNS = (Engine.id, Engine.title, Engine.thrust, Engine.version, Engine.updated_at)
+def list_columns() -> tuple:
+    """The columns of an engine as the API shows it, for lists and exports:
+    rows, not ORM objects, with updated_at written by the database as the
+    API writes it (ISO 8601, UTC, microseconds), which costs far less than
+    reading a datetime and formatting it in Python for every row. Its
+    fields are EXPORT_FIELDS, in that order; engine_json() makes its JSON,
+    the same as Engine.to_json's."""
+    if db.engine.dialect.name == "sqlite":  # stored as 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC
+        updated_at = "replace(engine.updated_at, ' ', 'T') || '+00:00'"
+    else:
+        updated_at = """to_char(engine.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')"""
+    updated_at_text = literal_column(updated_at, String).label("updated_at")
+    return Engine.id, Engine.title, Engine.thrust, Engine.version, updated_at_text
+
+
+def engine_json(row) -> dict:
+    """The JSON of an engine read as a row of list_columns()."""
+    return dict(zip(EXPORT_FIELDS, row, strict=True))
+
 
 # The count of engines, kept by triggers so that no page counts the table.
 engine_stats = Table("engine_stats", db.metadata, Column("engines", Integer, nullable=False))
@@ -256,24 +273,17 @@ engine_fts = sql_table("engine_fts", sql_column("rowid"), sql_column("engine_fts
 # engine_stats: both kept by triggers, so that whoever writes an engine
 # (Engines, the sqlite3 shell) keeps them true. SQLite's FTS5 indexes a
 # title and its search_text, folding case. A trigger adds a row to FTS5 in
-# 50 µs, so a bulk load (bulk_load()) marks itself in engine_bulk_load and
-# indexes its engines in one statement at its end. On PostgreSQL, pg_trgm
-# indexes upper(title), and statement triggers keep the count.
+# 50 µs, so while engine_bulk_load holds a row the trigger leaves new
+# engines to the bulk load (begin_bulk_load), which indexes and counts them
+# in one statement each at its end. On PostgreSQL, pg_trgm indexes
+# upper(title), and statement triggers keep the count.
 SEARCH_DOCUMENT = "{row}.title || coalesce(char(10) || {row}.title_search, '')"
-SQLITE_BULK_LOAD_END = [
-    "INSERT INTO engine_fts (rowid, text)"
-    f" SELECT engine.id, {SEARCH_DOCUMENT.format(row='engine')} FROM engine_bulk_load JOIN engine USING (id)",
-    "UPDATE engine_stats SET engines = engines + (SELECT count(*) FROM engine_bulk_load WHERE id > 0)",
-    "DELETE FROM engine_bulk_load",
-]
 SQLITE_SEARCH_DDL = [
     "CREATE VIRTUAL TABLE engine_fts USING fts5(text, content='', tokenize='trigram', detail='none')",
     "CREATE TABLE engine_bulk_load (id INTEGER PRIMARY KEY)",
     "CREATE TRIGGER engine_added AFTER INSERT ON engine WHEN NOT EXISTS (SELECT 1 FROM engine_bulk_load) BEGIN"
     f" INSERT INTO engine_fts (rowid, text) VALUES (NEW.id, {SEARCH_DOCUMENT.format(row='NEW')});"
     " UPDATE engine_stats SET engines = engines + 1; END",
-    "CREATE TRIGGER engine_added_in_bulk AFTER INSERT ON engine WHEN EXISTS (SELECT 1 FROM engine_bulk_load) BEGIN"
-    " INSERT INTO engine_bulk_load (id) VALUES (NEW.id); END",
     "CREATE TRIGGER engine_removed AFTER DELETE ON engine BEGIN"
     f" INSERT INTO engine_fts (engine_fts, rowid, text) VALUES ('delete', OLD.id, {SEARCH_DOCUMENT.format(row='OLD')});"
     " UPDATE engine_stats SET engines = engines - 1; END",
@@ -312,6 +322,9 @@ class ValidationError(Exception):
 # Control characters (NUL included), lone surrogates (which no database can
 # store) and line or paragraph separators have no place in a one-line title.
 FORBIDDEN_CATEGORIES = {"Cc", "Cs", "Zl", "Zp"}
+# Every character of those categories, which Unicode fixed long ago (a test
+# checks each code point): one regex search instead of a lookup per character.
+FORBIDDEN_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 # Echoed in a message, format characters are escaped too: a bidi override
 # can make a name read as something else.
 ESCAPED_CATEGORIES = FORBIDDEN_CATEGORIES | {"Cf"}
@@ -336,7 +349,7 @@ def check_title(value) -> str:
         raise ValueError("Title is required.")
     if len(title) > MAX_TITLE:
         raise ValueError(f"Title must be at most {MAX_TITLE} characters (it has {len(title)}).")
-    if any(unicodedata.category(ch) in FORBIDDEN_CATEGORIES for ch in title):
+    if FORBIDDEN_CHARACTER.search(title):
         raise ValueError("Title must not contain control characters.")
     return title
 
@@ -431,7 +444,7 @@ def validate_engine(data, *, partial: bool = False, imported: bool = False) -> d
 
 
 class EnginePage(NamedTuple):
-    """One page of a list: its engines (rows of LIST_COLUMNS), how many
+    """One page of a list: its engines (rows of list_columns()), how many
     engines match (at most SEARCH_COUNT_LIMIT for a search, then
     total_is_lower_bound), and the cursors of the pages on either side."""
 
@@ -551,7 +564,7 @@ def parse_list_args(args) -> dict:
     q = args.get("q", "").strip()
     if len(q) > MAX_TITLE:
         errors["q"] = f"Search text must be at most {MAX_TITLE} characters."
-    elif any(unicodedata.category(ch) in FORBIDDEN_CATEGORIES for ch in q):
+    elif FORBIDDEN_CHARACTER.search(q):
         errors["q"] = "Search text must not contain control characters."
     sort = args.get("sort", "id")
     if sort.lstrip("-") not in SORT_KEYS or sort.count("-") > 1 or sort.startswith("--"):
@@ -590,7 +603,7 @@ def list_engines(q: str = "", sort: str = "id", per_page: int = DEFAULT_PER_PAGE
     descending = sort.startswith("-")
     column = sort_column(key)
     total, bounded = count_engines(q)
-    page = select(*LIST_COLUMNS)
+    page = select(*list_columns())
     if q:
         page = page.where(title_contains(q))
         if (query := fts_query(q)) and not bounded:
@@ -605,8 +618,13 @@ def list_engines(q: str = "", sort: str = "id", per_page: int = DEFAULT_PER_PAGE
         if key == "id":
             page = page.where(Engine.id < last_id if forwards_descending else Engine.id > last_id)
         else:
-            here, there = tuple_(column, Engine.id), tuple_(func.lower(value) if key == "title" else value, last_id)
-            page = page.where(here < there if forwards_descending else here > there)
+            # Spelled out, not as a row value: SQLite uses an index on an
+            # expression (lower(title)) only for a range on the expression.
+            value = func.lower(value) if key == "title" else value
+            if forwards_descending:
+                page = page.where(column <= value, or_(column < value, Engine.id < last_id))
+            else:
+                page = page.where(column >= value, or_(column > value, Engine.id > last_id))
     order = [column.desc(), Engine.id.desc()] if forwards_descending else [column, Engine.id]
     rows = db.session.execute(page.order_by(*order).limit(per_page + 1)).all()
     more = len(rows) > per_page
@@ -633,24 +651,25 @@ def strongest_thrust() -> int:
 
 
 def engine_batches():
-    """Every engine as the API shows it, in id order, EXPORT_BATCH at a time.
+    """Every engine as a row of list_columns(), in id order, EXPORT_BATCH at a time.
 
     Each batch is its own short read (keyset: ids above the last one sent),
     so a slow download never holds a lock that someone saving an engine
     waits for; an engine changed meanwhile appears as its batch found it.
-    It reads rows of the columns, which to_json formats as well as an
-    Engine: an ORM object weighs several times as much.
+    It reads rows of list_columns(): an ORM object weighs several times as
+    much.
     """
     last_id = 0
+    columns = list_columns()
     while True:
-        found = db.session.execute(select(*LIST_COLUMNS).where(Engine.id > last_id).order_by(Engine.id)
+        found = db.session.execute(select(*columns).where(Engine.id > last_id).order_by(Engine.id)
                                    .limit(EXPORT_BATCH))
-        rows = [Engine.to_json(row) for row in found]
+        rows = found.tuples().all()
         db.session.close()
         if not rows:
             return
         yield rows
-        last_id = rows[-1]["id"]
+        last_id = rows[-1][0]
 
 
 def csv_text(rows) -> str:
@@ -669,12 +688,12 @@ def export_chunks(fmt: str):
     if fmt == "csv":
         yield csv_text([EXPORT_FIELDS])
         for rows in engine_batches():
-            yield csv_text([row[name] for name in EXPORT_FIELDS] for row in rows)
+            yield csv_text(rows)
         return
     yield '{"engines": [\n'
     separator = ""
     for rows in engine_batches():
-        yield separator + ",\n".join(json.dumps(row, ensure_ascii=False) for row in rows)
+        yield separator + ",\n".join(json.dumps(engine_json(row), ensure_ascii=False) for row in rows)
         separator = ",\n"
     yield "\n]}\n"
 
@@ -741,15 +760,16 @@ def csv_rows(file):
                               f"the columns are {', '.join(EXPORT_FIELDS)}.", 1)
         if len(set(columns)) < len(columns) or "title" not in columns:
             raise refuse_file(f"give each column once, title included: {', '.join(EXPORT_FIELDS)}.", 1)
+        numeric = [name not in ("title", "updated_at") for name in columns]
         start = reader.line_num + 1
         for cells in reader:
             line, start = start, reader.line_num + 1
             if len(cells) > len(columns):
                 raise refuse_file(f"{len(cells)} cells, but line 1 names {len(columns)} columns.", line)
-            fields = {name: cell for name, cell in zip(columns, cells, strict=False) if cell.strip()}
+            fields = {name: integer_from_text(cell) if number else cell
+                      for name, number, cell in zip(columns, numeric, cells, strict=False) if cell.strip()}
             if fields:
-                yield line, {name: cell if name in ("title", "updated_at") else integer_from_text(cell)
-                             for name, cell in fields.items()}
+                yield line, fields
     except csv.Error as exc:
         raise refuse_file(f"{exc}.", reader.line_num) from None
 
@@ -807,19 +827,63 @@ def advance_id_sequence() -> None:
         ))
 
 
-def begin_bulk_load() -> None:
+def begin_bulk_load() -> int:
     """Within a write transaction: the engines inserted from now on are
     indexed for search and counted all at once by end_bulk_load, rather
-    than by a trigger each (on SQLite; PostgreSQL's triggers do it a
-    statement at a time already)."""
-    if db.engine.dialect.name == "sqlite":
-        db.session.execute(text("INSERT INTO engine_bulk_load (id) VALUES (0)"))
+    than by a trigger each (on SQLite; PostgreSQL's triggers count a
+    statement at a time already). Returns the first id AUTOINCREMENT will
+    hand out, which end_bulk_load needs."""
+    if db.engine.dialect.name != "sqlite":
+        return 0
+    db.session.execute(text("INSERT INTO engine_bulk_load (id) VALUES (0)"))
+    return db.session.scalar(text(
+        "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'engine'), 0),"
+        " coalesce((SELECT max(id) FROM engine), 0)) + 1"))
 
 
-def end_bulk_load() -> None:
+def end_bulk_load(first_new_id: int, given_ids: list[int]) -> None:
+    """Index and count the engines of the bulk load begun at first_new_id:
+    those with the ids given, or none given, those from first_new_id up
+    (the write transaction keeps out every other writer)."""
+    if db.engine.dialect.name != "sqlite":
+        return
+    new = "id IN (SELECT value FROM json_each(:ids))" if given_ids else "id >= :first"
+    parameters = {"ids": json.dumps(given_ids), "first": first_new_id}
+    db.session.execute(text(f"INSERT INTO engine_fts (rowid, text) SELECT id, {SEARCH_DOCUMENT.format(row='engine')}"
+                            f" FROM engine WHERE {new}"), parameters)
+    db.session.execute(text(f"UPDATE engine_stats SET engines = engines + (SELECT count(*) FROM engine WHERE {new})"),
+                       parameters)
+    db.session.execute(text("DELETE FROM engine_bulk_load"))
+
+
+def stored_datetime(moment: datetime) -> str:
+    """A moment as SQLAlchemy's DateTime stores it in SQLite: 'YYYY-MM-DD
+    HH:MM:SS.ffffff', in UTC (a test checks they agree)."""
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+IMPORT_INSERT = "INSERT INTO engine (id, title, thrust, version, updated_at, title_search) VALUES (?, ?, ?, ?, ?, ?)"
+
+
+def insert_engines(rows: list[dict], changed_at: datetime) -> None:
+    """Insert engines checked by validate_engine (id, thrust, version and
+    updated_at optional: a new id, 0, 1 and `changed_at`). On SQLite
+    through the driver, with each value as SQLAlchemy would store it:
+    SQLAlchemy's own processing of each row took longer than SQLite's work."""
     if db.engine.dialect.name == "sqlite":
-        for statement in SQLITE_BULK_LOAD_END:
-            db.session.execute(text(statement))
+        changed = stored_datetime(changed_at)
+        driver = db.session.connection().connection.driver_connection
+        try:
+            driver.executemany(IMPORT_INSERT, [
+                (row.get("id"), row["title"], row.get("thrust", 0), row.get("version", 1),
+                 stored_datetime(row["updated_at"]) if "updated_at" in row else changed, search_text(row["title"]))
+                for row in rows])
+        except sqlite3.IntegrityError as exc:  # as SQLAlchemy would have raised it
+            raise IntegrityError(IMPORT_INSERT, None, exc) from exc
+        return
+    db.session.execute(Engine.__table__.insert(), [
+        {"thrust": 0, "version": 1, "updated_at": changed_at, "title_search": search_text(row["title"]), **row}
+        for row in rows])
 
 
 def insert_batch(batch: list[tuple[int, dict]], imported_at: datetime, write: bool) -> list[str]:
@@ -830,10 +894,7 @@ def insert_batch(batch: list[tuple[int, dict]], imported_at: datetime, write: bo
     errors = [f"Line {line}, id: engine {row['id']} already exists." for line, row in batch if row.get("id") in taken]
     if write and batch and not errors:
         try:
-            db.session.execute(Engine.__table__.insert(), [
-                {"thrust": 0, "version": 1, "updated_at": imported_at, "title_search": search_text(row["title"]), **row}
-                for _, row in batch
-            ])
+            insert_engines([row for _, row in batch], imported_at)
         except (IntegrityError, DataError) as exc:
             if not ids_ran_out(exc):
                 raise
@@ -858,7 +919,7 @@ def import_engines(file, progress=lambda line: None) -> int:
     file.seek(0)
     rows = json_rows(file) if head[:1] in (b"{", b"[") else csv_rows(file)
     begin_write()  # from the page it has begun already; from `flask import` here
-    begin_bulk_load()
+    first_new_id = begin_bulk_load()
     imported_at = utcnow()
     problems = ImportProblems()
     added = 0
@@ -901,7 +962,7 @@ def import_engines(file, progress=lambda line: None) -> int:
         raise problems.rejection()
     if with_ids:
         advance_id_sequence()
-    end_bulk_load()
+    end_bulk_load(first_new_id, list(seen_ids) if with_ids else [])
     try:
         db.session.commit()
     except IntegrityError:
@@ -1046,6 +1107,10 @@ def load_or_create_secret_key(instance_dir: Path) -> str:
     return key
 
 
+def decode_text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
 @event.listens_for(SqlEngine, "connect")
 def configure_sqlite_connection(dbapi_connection, connection_record):
     """The one place a database connection is set up (SQLite only).
@@ -1063,7 +1128,7 @@ def configure_sqlite_connection(dbapi_connection, connection_record):
     dbapi_connection.isolation_level = None
     # Text another program stored as bytes that are not UTF-8 reads as
     # U+FFFD, rather than as an error on every page that shows it.
-    dbapi_connection.text_factory = partial(str, encoding="utf-8", errors="replace")
+    dbapi_connection.text_factory = decode_text
     dbapi_connection.create_function(
         "engines_casefold", 1, lambda s: s.casefold() if isinstance(s, str) else s,
         deterministic=True,
@@ -1130,9 +1195,12 @@ def commit_then_release(connection):
 
 @event.listens_for(SqlEngine, "rollback")
 def roll_back_then_release(connection):
+    """As above; SQLite may have rolled back already (a full disk does)."""
     if "write_lock" in connection.info:
         try:
-            connection.connection.driver_connection.execute("ROLLBACK")
+            driver = connection.connection.driver_connection
+            if driver.in_transaction:
+                driver.execute("ROLLBACK")
         finally:
             release_write_lock(connection.info)
 
@@ -1530,7 +1598,7 @@ def reading_untouched(path: Path):
     with ExitStack() as stack:
         uri = read_only_uri(path)
         try:
-            with closing(sqlite3.connect(uri, uri=True)) as probe:
+            with closing(sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)) as probe:
                 probe.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.OperationalError as exc:
             side_files = [Path(f"{path}{suffix}") for suffix in ("-wal", "-journal")]
@@ -1542,9 +1610,36 @@ def reading_untouched(path: Path):
                 if Path(f"{path}{suffix}").exists():
                     shutil.copyfile(f"{path}{suffix}", folder / f"copy.sqlite3{suffix}")
             uri = (folder / "copy.sqlite3").as_uri()
-        engine = create_sql_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True), poolclass=NullPool)
+        engine = create_sql_engine("sqlite://", poolclass=NullPool,
+                                   creator=lambda: sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000))
         stack.callback(engine.dispose)
         yield stack.enter_context(engine.connect())
+
+
+def file_states(path: Path) -> tuple:
+    """Size and time of change of a database file and of its -wal and -journal."""
+    states = []
+    for suffix in ("", "-wal", "-journal"):
+        with suppress(FileNotFoundError):
+            found = Path(f"{path}{suffix}").stat()
+            states.append((suffix, found.st_size, found.st_mtime_ns))
+    return tuple(states)
+
+
+def check_database_file(path: Path) -> None:
+    """check_sqlite_file on the file `path`, read untouched. If it is
+    refused while another Engines changed it (two starting at once, one
+    upgrading), that reading may have caught its writing half done: read
+    it again, up to three times."""
+    for attempt in range(3):
+        before = file_states(path)
+        try:
+            with reading_untouched(path) as connection:
+                check_sqlite_file(connection)
+            return
+        except (UnknownSchema, DatabaseError, sqlite3.DatabaseError):
+            if attempt == 2 or file_states(path) == before:
+                raise
 
 
 def check_sqlite_file(connection) -> str | None:
@@ -1725,8 +1820,7 @@ def prepare_database() -> Path | None:
     where, path = database_description(), sqlite_file()
     try:
         if path is not None and path.exists():
-            with reading_untouched(path) as connection:
-                check_sqlite_file(connection)
+            check_database_file(path)
             refuse_read_only_file(path)
         with schema_change(db.engine) as connection, connection.begin():
             lock_schema(connection)
@@ -2053,7 +2147,7 @@ def safe_next_url(default: str) -> str:
     # A control character could split the Location header, and urlsplit()
     # drops tabs and newlines, turning "/\t/evil.example" into "//evil.example".
     if not target.startswith("/") or target.startswith("//") or "\\" in target or len(target) > MAX_NEXT_URL \
-            or any(unicodedata.category(ch) in FORBIDDEN_CATEGORIES for ch in target):
+            or FORBIDDEN_CHARACTER.search(target):
         return default
     return target if not urlsplit(target).netloc else default
 
@@ -2313,7 +2407,7 @@ def api_list_engines():
         return url_for("api.api_list_engines", _external=True, **query)
 
     return {
-        "engines": [Engine.to_json(row) for row in page.engines],
+        "engines": [engine_json(row) for row in page.engines],
         "total": page.total,
         "total_is_lower_bound": page.total_is_lower_bound,
         "next": page_url(after=page.next_cursor) if page.next_cursor else None,
@@ -2474,12 +2568,11 @@ def init_db_command():
               help="How many engines to add.")
 def seed_command(count: int):
     """Add COUNT demo engines (for trying the app or measuring it)."""
-    rows = [{"title": f"Engine {i:06d}", "thrust": (i * 7919) % 100_001, "title_search": None}
-            for i in range(1, count + 1)]
+    rows = [{"title": f"Engine {i:06d}", "thrust": (i * 7919) % 100_001} for i in range(1, count + 1)]
     begin_write()
-    begin_bulk_load()
-    db.session.execute(Engine.__table__.insert(), rows)
-    end_bulk_load()
+    first_new_id = begin_bulk_load()
+    insert_engines(rows, utcnow())
+    end_bulk_load(first_new_id, [])
     db.session.commit()
     click.echo(f"Added {count:,} engines.")
 

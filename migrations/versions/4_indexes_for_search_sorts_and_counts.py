@@ -40,8 +40,6 @@ SQLITE_SEARCH_DDL = [
     "CREATE TRIGGER engine_added AFTER INSERT ON engine WHEN NOT EXISTS (SELECT 1 FROM engine_bulk_load) BEGIN"
     f" INSERT INTO engine_fts (rowid, text) VALUES (NEW.id, {SEARCH_DOCUMENT.format(row='NEW')});"
     " UPDATE engine_stats SET engines = engines + 1; END",
-    "CREATE TRIGGER engine_added_in_bulk AFTER INSERT ON engine WHEN EXISTS (SELECT 1 FROM engine_bulk_load) BEGIN"
-    " INSERT INTO engine_bulk_load (id) VALUES (NEW.id); END",
     "CREATE TRIGGER engine_removed AFTER DELETE ON engine BEGIN"
     f" INSERT INTO engine_fts (engine_fts, rowid, text) VALUES ('delete', OLD.id, {SEARCH_DOCUMENT.format(row='OLD')});"
     " UPDATE engine_stats SET engines = engines - 1; END",

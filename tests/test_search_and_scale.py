@@ -1,0 +1,265 @@
+"""Search, sorts and counts read only what they show, and the indexes answer
+exactly what reading every engine would.
+
+Speed goals live in bench/; here, what can be counted exactly: the answers,
+and the work SQLite does for a request (its virtual machine's steps), which
+must not grow with the number of engines.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import sqlite3
+import subprocess
+import unicodedata
+from contextlib import closing
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import event, select
+from sqlalchemy.engine import Engine as SqlEngine
+
+import engines
+from conftest import need
+
+# Titles whose case folding is more than lower case, or that an index's own
+# folding might treat otherwise than Python's casefold.
+TITLES = ["Straße", "STRASSE", "ﬁle cabinet", "FILE", "ΣΊΣΥΦΟΣ", "σίσυφος", "İstanbul", "Ǆemal", "ǆ small",
+          "Ракета-носитель", "火箭发动机", "100% throttle", "under_score", r"back\slash", 'say "hi"', "MAIN engine",
+          "plain", "Kelvin 5\u212a", "ſtrange long s", "tab-free\u00a0nbsp"]
+
+
+def brute_force(q: str) -> list[str]:
+    """What search must find: every title whose casefold contains q's (trimmed, as search trims it)."""
+    return sorted(title for title in TITLES if q.strip().casefold() in title.casefold())
+
+
+def queries() -> list[str]:
+    """Pieces of every title's case folding, 1 to 5 characters long, and the
+    titles as written: every path of search (short, trigram) and every
+    folding."""
+    found = set(TITLES)
+    for title in TITLES:
+        folded = title.casefold()
+        for length in range(1, 6):
+            found.update(folded[i:i + length] for i in range(len(folded) - length + 1))
+    return sorted(q for q in found if q.strip())
+
+
+def searched(client, q: str) -> list[str]:
+    body = client.get("/api/engines", query_string={"q": q, "per_page": 500}).get_json()
+    assert body["total"] == len(body["engines"]) and body["total_is_lower_bound"] is False
+    return sorted(e["title"] for e in body["engines"])
+
+
+def test_search_finds_exactly_what_casefold_finds(client):
+    for title in TITLES:
+        assert client.post("/api/engines", json={"title": title}).status_code == 201
+    for q in queries():
+        assert searched(client, q) == brute_force(q), q
+
+
+def test_search_finds_a_title_the_sqlite3_shell_wrote(client, app):
+    """Another program writes no title_search: the trigram index has the
+    title as written, and the exact test folds it with Python's casefold."""
+    client.post("/api/engines", json={"title": "Main"})
+    with closing(sqlite3.connect(Path(app.instance_path) / "engines.sqlite3")) as connection:
+        connection.execute("INSERT INTO engine (title, thrust, updated_at) VALUES (?, 5, ?)",
+                           ("РАКЕТА from the shell", "2026-11-28 10:00:00.000000"))
+        connection.commit()
+    assert searched(client, "ракета") == ["РАКЕТА from the shell"]
+    assert searched(client, "ке") == ["РАКЕТА from the shell"]
+    assert client.get("/api/engines").get_json()["total"] == 2
+
+
+def test_the_count_and_the_index_follow_every_write_from_anywhere(client, app):
+    for title in ("Alpha", "Bravo", "Charlie"):
+        client.post("/api/engines", json={"title": title})
+    client.patch("/api/engines/2", json={"title": "Bravissimo"})
+    client.delete("/api/engines/3")
+    with closing(sqlite3.connect(Path(app.instance_path) / "engines.sqlite3")) as connection:
+        connection.execute("UPDATE engine SET title = 'Alphorn' WHERE id = 1")
+        connection.execute("INSERT INTO engine (title, thrust, updated_at) VALUES ('Delta', 0, "
+                           "'2026-11-28 10:00:00.000000')")
+        connection.execute("DELETE FROM engine WHERE id = 4")
+        connection.execute("INSERT INTO engine (title, thrust, updated_at) VALUES ('Echo', 0, "
+                           "'2026-11-28 10:00:00.000000')")
+        connection.commit()
+    assert client.get("/api/engines").get_json()["total"] == 3
+    assert searched(client, "alp") == ["Alphorn"]
+    assert searched(client, "alpha") == []
+    assert searched(client, "bravo") == [] and searched(client, "bravis") == ["Bravissimo"]
+    assert searched(client, "charlie") == [] and searched(client, "delta") == []
+    assert searched(client, "echo") == ["Echo"]
+
+
+@pytest.mark.parametrize("with_ids", [False, True])
+def test_an_import_is_indexed_and_counted_as_it_lands(client, app, with_ids):
+    client.post("/api/engines", json={"title": "Before"})
+    lines = ["id,title,thrust" if with_ids else "title,thrust"]
+    lines += [f"{i + 10 if with_ids else ''}{',' if with_ids else ''}Imported Straße {i},{i}" for i in range(300)]
+    with app.app_context():
+        assert engines.import_engines(io.BytesIO("\n".join(lines).encode())) == 300
+    assert client.get("/api/engines").get_json()["total"] == 301
+    assert len(searched(client, "strasse 2")) == 111  # 2, 20–29, 200–299
+    assert searched(client, "before") == ["Before"]
+    assert client.post("/api/engines", json={"title": "After"}).get_json()["id"] == (310 if with_ids else 302)
+
+
+# -- a search with many matches ---------------------------------------------------------
+
+@pytest.fixture
+def many(app):
+    """1,200 engines titled "Engine 0001"…, thrust descending with the id."""
+    with app.app_context():
+        engines.db.session.execute(engines.Engine.__table__.insert(), [
+            {"title": f"Engine {i:04d}", "thrust": 5000 - i, "title_search": None} for i in range(1, 1201)])
+        engines.db.session.commit()
+    return app
+
+
+def walk(client, url: str) -> list[dict]:
+    shown = []
+    while url:
+        body = client.get(url).get_json()
+        shown += body["engines"]
+        url = body["next"]
+    return shown
+
+
+@pytest.mark.parametrize("sort", ["id", "-id", "title", "-title", "thrust", "-thrust"])
+@pytest.mark.parametrize("q", ["engine", "ngine 01", "e", "11"])
+def test_every_page_of_a_search_in_every_order_holds_each_match_once(many, client, sort, q):
+    shown = walk(client, f"/api/engines?q={q}&sort={sort}&per_page=97")
+    matches = sum(q in f"engine {i:04d}" for i in range(1, 1201))
+    assert len(shown) == matches == len({e["id"] for e in shown})
+    key = sort.lstrip("-")
+    values = [(e[key].lower() if key == "title" else e[key], e["id"]) for e in shown]
+    assert values == sorted(values, reverse=sort.startswith("-"))
+
+
+def test_a_search_matching_more_than_a_thousand_says_so(many, client):
+    body = client.get("/api/engines?q=engine").get_json()
+    assert (body["total"], body["total_is_lower_bound"]) == (1000, True)
+    assert "1,000+ matching “engine”" in client.get("/?q=engine").get_data(as_text=True)
+    exact = client.get("/api/engines?q=engine 01").get_json()
+    assert (exact["total"], exact["total_is_lower_bound"]) == (100, False)
+    assert client.get("/api/engines").get_json()["total"] == 1200
+
+
+# -- what a request reads ---------------------------------------------------------------
+
+def seeded(tmp_path: Path, count: int):
+    app = engines.create_app({"TESTING": True}, instance_path=tmp_path / f"engines-{count}")
+    assert app.test_cli_runner().invoke(args=["seed", "--count", str(count)]).exit_code == 0
+    return app
+
+
+def steps_of(app, method: str, url: str, **kwargs) -> int:
+    """SQLite virtual machine steps (in thousands) the request takes:
+    the same every run, whatever else the machine does."""
+    counted = [0]
+
+    def count(dbapi_connection, connection_record):
+        dbapi_connection.set_progress_handler(lambda: counted.__setitem__(0, counted[0] + 1) or 0, 1000)
+
+    with app.app_context():
+        engines.db.engine.dispose()  # new connections, which get the handler
+    event.listen(SqlEngine, "connect", count)
+    try:
+        response = app.test_client().open(url, method=method, **kwargs)
+        assert response.status_code < 300, response.get_data(as_text=True)
+    finally:
+        event.remove(SqlEngine, "connect", count)
+        with app.app_context():
+            engines.db.engine.dispose()
+    return counted[0]
+
+
+def deep_cursor(app, key: str) -> str:
+    """The cursor of the engine two thirds into the list by `key`."""
+    with app.app_context():
+        column = engines.sort_column(key)
+        total = engines.db.session.scalar(select(engines.func.count(engines.Engine.id)))
+        row = engines.db.session.execute(select(*engines.list_columns()).order_by(column, engines.Engine.id)
+                                         .offset(total * 2 // 3).limit(1)).one()
+        return engines.encode_cursor(row, key)
+
+
+REQUESTS = {
+    "the JSON list": ("GET", lambda app: "/api/engines"),
+    "the page": ("GET", lambda app: "/"),
+    "one engine": ("GET", lambda app: "/api/engines/1500"),
+    "a change": ("PATCH", lambda app: "/api/engines/1500"),
+    "a rare search": ("GET", lambda app: "/api/engines?q=001234"),
+    "a common search": ("GET", lambda app: "/api/engines?q=engine"),
+    "a common short search": ("GET", lambda app: "/api/engines?q=9"),
+    "by title": ("GET", lambda app: "/api/engines?sort=title"),
+    "by thrust, descending": ("GET", lambda app: "/api/engines?sort=-thrust"),
+    "deep by id": ("GET", lambda app: f"/api/engines?after={deep_cursor(app, 'id')}"),
+    "deep by title": ("GET", lambda app: f"/api/engines?sort=title&after={deep_cursor(app, 'title')}"),
+    "deep by thrust": ("GET", lambda app: f"/api/engines?sort=-thrust&before={deep_cursor(app, 'thrust')}"),
+    "a search, deep by title": ("GET", lambda app: "/api/engines?q=engine&sort=title&after="
+                                + deep_cursor(app, "title")),
+}
+
+
+@pytest.fixture(scope="module")
+def small_and_large(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scale")
+    return seeded(folder, 3_000), seeded(folder, 30_000)
+
+
+@pytest.mark.parametrize("name", REQUESTS)
+def test_no_request_reads_more_when_there_are_ten_times_the_engines(small_and_large, name):
+    method, url = REQUESTS[name]
+    options = {"json": {"thrust": 7}} if method == "PATCH" else {}
+    small, large = (steps_of(app, method, url(app), **options) for app in small_and_large)
+    assert large <= 1.5 * small + 5, f"{small}k steps at 3,000 engines, {large}k at 30,000"
+
+
+def test_a_rare_short_search_is_the_one_that_reads_every_engine(small_and_large):
+    """No index finds one or two characters anywhere in a title: a rare one
+    reads every engine (bench/ measures it; README says so)."""
+    small, large = (steps_of(app, "GET", "/api/engines?q=zq") for app in small_and_large)
+    assert large > 5 * small
+
+
+# -- pieces that must agree ------------------------------------------------------------
+
+def test_the_forbidden_characters_are_exactly_the_forbidden_categories():
+    for code in range(0x110000):
+        character = chr(code)
+        forbidden = unicodedata.category(character) in engines.FORBIDDEN_CATEGORIES
+        assert bool(engines.FORBIDDEN_CHARACTER.search(character)) == forbidden, hex(code)
+
+
+def test_a_time_stored_through_the_driver_is_what_sqlalchemy_stores(app):
+    moments = [datetime(2026, 11, 28, 10, 0, 0, 0, tzinfo=UTC), datetime(1, 1, 1, tzinfo=UTC),
+               datetime(999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=2)))]
+    with app.app_context():
+        for moment in moments:
+            engine = engines.Engine(title="t", thrust=0, updated_at=moment)
+            engines.db.session.add(engine)
+            engines.db.session.commit()
+            stored = engines.db.session.execute(engines.text("SELECT updated_at FROM engine WHERE id = :id"),
+                                                {"id": engine.id}).scalar()
+            assert stored == engines.stored_datetime(moment)
+
+
+def test_after_an_import_what_the_sqlite3_shell_adds_is_indexed_and_counted_again(client, app):
+    """A bulk load leaves no mark once it committed (or failed): the
+    triggers go back to indexing and counting each engine."""
+    need(shutil.which("sqlite3") is not None, "the sqlite3 shell is not installed (Debian package sqlite3)")
+    with app.app_context():
+        engines.import_engines(io.BytesIO(b"title\nImported\n"))
+        with pytest.raises(engines.ImportRejected):
+            engines.import_engines(io.BytesIO(b"title,thrust\nGood,1\nBad,-1\n"))
+    added = subprocess.run(["sqlite3", str(Path(app.instance_path) / "engines.sqlite3"),
+                            "INSERT INTO engine (title, thrust, updated_at) VALUES ('Shell', 1, "
+                            "'2026-11-28 10:00:00.000000')"], capture_output=True, text=True, timeout=30)
+    assert added.returncode == 0, added.stderr
+    assert searched(client, "shell") == ["Shell"] and searched(client, "imported") == ["Imported"]
+    assert client.get("/api/engines").get_json()["total"] == 2
