@@ -664,7 +664,7 @@ def engine_batches():
     while True:
         found = db.session.execute(select(*columns).where(Engine.id > last_id).order_by(Engine.id)
                                    .limit(EXPORT_BATCH))
-        rows = found.tuples().all()
+        rows = found.all()
         db.session.close()
         if not rows:
             return
