@@ -742,14 +742,19 @@ def csv_rows(file):
     """(line, fields) for each row of a CSV file, UTF-8 with its column
     names on the first line; empty cells are left out, whole numbers become int."""
 
-    def lines():
+    def first_line_not_utf8() -> int:
+        file.seek(0)
         for number, raw in enumerate(file, 1):
             try:
-                yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError:
-                raise refuse_file("this is not UTF-8 text.", number) from None
+                return number
+        return 1
 
-    reader = csv.reader(lines(), strict=True)
+    # Decoded a block at a time by TextIOWrapper, not a line at a time in
+    # Python; only a file that is not UTF-8 is read again, to name its line.
+    text = io.TextIOWrapper(file, encoding="utf-8-sig", newline="")
+    reader = csv.reader(text, strict=True)
     try:
         columns = [name.strip() for name in next(reader, [])]
         if not columns:
@@ -772,6 +777,11 @@ def csv_rows(file):
                 yield line, fields
     except csv.Error as exc:
         raise refuse_file(f"{exc}.", reader.line_num) from None
+    except UnicodeDecodeError:
+        raise refuse_file("this is not UTF-8 text.", first_line_not_utf8()) from None
+    finally:
+        with suppress(ValueError):
+            text.detach()  # the file stays open: it is the caller's
 
 
 JSON_START = re.compile(r'\s*\{\s*"engines"\s*:\s*\[\s*')
@@ -859,7 +869,9 @@ def end_bulk_load(first_new_id: int, given_ids: list[int]) -> None:
 def stored_datetime(moment: datetime) -> str:
     """A moment as SQLAlchemy's DateTime stores it in SQLite: 'YYYY-MM-DD
     HH:MM:SS.ffffff', in UTC (a test checks they agree)."""
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(" ", "microseconds")[:26]
 
 
 IMPORT_INSERT = "INSERT INTO engine (id, title, thrust, version, updated_at, title_search) VALUES (?, ?, ?, ?, ?, ?)"
