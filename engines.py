@@ -1157,6 +1157,7 @@ def configure_sqlite_connection(dbapi_connection, connection_record):
     cursor = dbapi_connection.cursor()
     cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA synchronous = FULL")
+    cursor.execute("PRAGMA cache_size = -1000")
     cursor.execute("PRAGMA foreign_keys = ON")
     cursor.close()
 
