@@ -280,15 +280,19 @@ def wait_until_idle(pid: int, timeout: float = 900) -> None:
 # Measuring requests with wrk
 # ---------------------------------------------------------------------------
 
-def check_answer(url: str, case: Case) -> None:
-    """One request as wrk will send it, which must succeed: a wrong URL or
-    cursor is a failure of the bench, not a fast figure. (It also warms up.)"""
+def check_answer(url: str, case: Case) -> float:
+    """One request as wrk will send it, alone, which must succeed (a wrong
+    URL or cursor is a failure of the bench, not a fast figure); it also
+    warms up. Returns its latency in ms: what a case too slow for wrk to
+    finish any request in its run still tells."""
     method, body = ("PATCH", b'{"thrust": 1}') if case.mode == "patch-random" else ("GET", None)
     request = urllib.request.Request(url + case.path, data=body, method=method,
                                      headers={"Content-Type": "application/json"} if body else {})
+    started = time.perf_counter()
     try:
         with urllib.request.urlopen(request, timeout=900) as response:
             response.read()
+        return (time.perf_counter() - started) * 1000
     except urllib.error.HTTPError as exc:
         raise RuntimeError(f"{case.label}: {method} {case.path} answered {exc.code}: {exc.read()[:300]!r}") from None
 
@@ -321,6 +325,7 @@ def median_figures(runs: list[dict]) -> dict:
         values = [run[name] for run in runs if run[name] is not None]
         return statistics.median(values) if values else None
     return {"rps": median("rps"), "p50_ms": median("p50_ms"), "p99_ms": median("p99_ms"),
+            "alone_ms": median("alone_ms"),
             "errors": sum(run["errors"] for run in runs), "runs": runs}
 
 
@@ -343,8 +348,8 @@ def measure_size(size: int, database: Path, bare: Server, args, work: Path) -> t
         for run in range(1, args.runs + 1):
             for case in cases:
                 server = servers[case.server]
-                check_answer(server.url, case)
-                figures = run_wrk(server.url, case, args.duration, ids=size)
+                alone_ms = check_answer(server.url, case)
+                figures = {**run_wrk(server.url, case, args.duration, ids=size), "alone_ms": alone_ms}
                 wait_until_idle(server.pid)
                 runs[case.key].append(figures)
                 print(f"{size_name(size):>4} run {run}/{args.runs}  {case.label:<38} {figures['rps']:>9,.1f} req/s  "
@@ -391,20 +396,32 @@ def timed_command(instance: Path, *args: str) -> float:
     return time.perf_counter() - started
 
 
-def raw_import(database: Path, export: Path) -> float:
-    """Seconds to read the CSV export with csv and insert its rows with
-    sqlite3's executemany, in one transaction: the least an import can do."""
+def raw_import(database: Path, export: Path) -> dict[str, float]:
+    """Raw sqlite3 on the same rows: seconds to read the CSV export with csv
+    (`raw_read_csv`), then to insert the rows with executemany into the
+    same, empty, engine table and commit (`raw_import`: the baseline), and
+    the same into a table without its CHECK constraints, to show their cost."""
     started = time.perf_counter()
-    with closing(sqlite3.connect(database)) as connection, export.open(newline="", encoding="utf-8") as file:
-        connection.execute("PRAGMA synchronous = FULL")  # as Engines: the commit is on disk
-        rows = csv.reader(file)
-        next(rows)
+    with export.open(newline="", encoding="utf-8") as file:
+        reader = csv.reader(file)
+        next(reader)
         # updated_at is stored as SQLAlchemy stores it: '2026-11-28 16:53:59.815236'
-        connection.executemany("INSERT INTO engine (id, title, thrust, version, updated_at) VALUES (?, ?, ?, ?, ?)",
-                               ((int(i), title, int(thrust), int(version), at[:10] + " " + at[11:26])
-                                for i, title, thrust, version, at in rows))
+        rows = [(int(i), title, int(thrust), int(version), at[:10] + " " + at[11:26])
+                for i, title, thrust, version, at in reader]
+    times = {"raw_read_csv": time.perf_counter() - started}
+    with closing(sqlite3.connect(database)) as connection:
+        connection.execute("PRAGMA synchronous = FULL")  # as Engines: the commit is on disk
+        connection.execute("CREATE TABLE engine_without_checks (id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, "
+                           "title VARCHAR(128) NOT NULL, thrust INTEGER NOT NULL, version INTEGER NOT NULL, "
+                           "updated_at DATETIME NOT NULL)")
         connection.commit()
-    return time.perf_counter() - started
+        for table, name in (("engine", "raw_import"), ("engine_without_checks", "raw_import_without_checks")):
+            started = time.perf_counter()
+            connection.executemany(f"INSERT INTO {table} (id, title, thrust, version, updated_at) "
+                                   "VALUES (?, ?, ?, ?, ?)", rows)
+            connection.commit()
+            times[name] = time.perf_counter() - started
+    return times
 
 
 def raw_export(database: Path, export: Path) -> float:
@@ -435,8 +452,9 @@ def measure_transfers(size: int, database: Path, runs: int, work: Path) -> dict:
     flask_command(empty_instance, "init-db")  # an empty database, as Engines makes it
     empty = empty_instance / "engines.sqlite3"
     export, raw_file = work / f"export-{size}.csv", work / f"raw-export-{size}.csv"
-    times: dict[str, list[float]] = {name: [] for name in
-                                     ("export", "export_wall", "raw_export", "import", "import_wall", "raw_import")}
+    times: dict[str, list[float]] = {name: [] for name in (
+        "export", "export_wall", "raw_export", "import", "import_wall", "raw_import", "raw_read_csv",
+        "raw_import_without_checks")}
     for _ in range(runs):
         times["export"].append(timed_in_process(source, "export", str(export)))
         times["export_wall"].append(timed_command(source, "export", str(work / "export-wall.csv")))
@@ -448,7 +466,8 @@ def measure_transfers(size: int, database: Path, runs: int, work: Path) -> dict:
             elif kind == "import_wall":
                 times[kind].append(timed_command(target.parent, "import", str(export)))
             else:
-                times[kind].append(raw_import(target, export))
+                for name, seconds in raw_import(target, export).items():
+                    times[name].append(seconds)
             if count_engines(target) != size:
                 raise RuntimeError(f"{kind} of {export} did not add {size:,} engines")
         print(f"{size_name(size):>4} import {times['import'][-1]:.2f} s (raw {times['raw_import'][-1]:.2f} s), "
@@ -514,6 +533,8 @@ def judge_request(case: Case, size: int, first: int, figures: dict[int, dict]) -
         notes.append(f"p99 {slower:.2f}x" if slower is not None else "p99 -")
     if mine["errors"]:
         notes.append(f"{mine['errors']} errors")
+    if not mine["rps"]:
+        notes.append(f"none finished in a run; one request alone took {milliseconds(mine['alone_ms'])}")
     row.update(met=met, measured=", ".join(notes))
     return row
 
@@ -521,11 +542,16 @@ def judge_request(case: Case, size: int, first: int, figures: dict[int, dict]) -
 def judge_transfer(name: str, transfers: dict) -> dict:
     work, raw, whole = transfers[name], transfers[f"raw_{name}"], transfers[f"{name}_wall"]
     speed = raw / work
+    if name == "import":
+        raw_words = (f"raw executemany {raw:.2f} s (reading the CSV: {transfers['raw_read_csv']:.2f} s more; "
+                     f"into a table without CHECKs: {transfers['raw_import_without_checks']:.2f} s)")
+    else:
+        raw_words = f"raw SELECT and csv {raw:.2f} s"
     return {"key": name, "case": f"flask {name}, CSV ({transfers['rows']:,} engines)", "size": transfers["size"],
             "rps": None, "p50_ms": None, "p99_ms": None, "errors": 0, "x_bare": None,
             "goal": f"<= {TRANSFER_GOAL_S:g} s, or >= {TRANSFER_GOAL_RATIO:.0%} of raw",
             "met": work <= TRANSFER_GOAL_S or speed >= TRANSFER_GOAL_RATIO,
-            "measured": f"{work:.2f} s in process, raw {raw:.3f} s: {speed:.2f}x; whole command {whole:.2f} s"}
+            "measured": f"{work:.2f} s in the process, {speed:.2f}x {raw_words}; whole command {whole:.2f} s"}
 
 
 def judge_rss(size: int, first: int, rss: int) -> dict:
@@ -608,9 +634,10 @@ def settings_text(args) -> str:
             f"Engines and bare Flask on waitress with 8 threads. datasette serve COPY {datasette}, "
             f"table JSON `/engines/engine.json?{DATASETTE_QUERY}` (no facet suggestions, as with "
             "suggest_facets off) and `title__contains` for search. Deep pages start "
-            f"{DEEP:.0%} of the way down the list. Import and export: median of {args.runs}, timed inside "
-            "the flask process (after start-up, imports and create_app); raw = sqlite3 executemany / SELECT "
-            "with the csv module, same rows, same schema.")
+            f"{DEEP:.0%} of the way down the list. Import and export (CSV): median of {args.runs}, the flask "
+            "command timed inside its process (after Python's start-up, the imports and create_app); the raw "
+            "import is sqlite3 executemany of the rows already read from the CSV, into the same empty table, "
+            "one commit; the raw export is a sqlite3 SELECT written with the csv module, to the same bytes.")
 
 
 def write_results(results: dict, rows: list[dict], folder: Path) -> None:
@@ -635,6 +662,7 @@ def draw_chart(results: dict, rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
     from matplotlib.ticker import NullFormatter
+    from matplotlib.transforms import blended_transform_factory
 
     sizes = results["sizes"]
     labels = [c["label"] for c in results["cases"] if c["key"] != "bare"]
@@ -650,10 +678,14 @@ def draw_chart(results: dict, rows: list[dict], path: Path) -> None:
             color = {True: "#2e7d32", False: "#c62828", None: "#9e9e9e"}[row["met"]]
             style = {"color": color, "height": height * 0.9, "alpha": 1 if s == 0 else 0.55,
                      "hatch": "" if s == 0 else "//", "edgecolor": "white"}
-            speed_axis.barh(y, max(row["x_bare"] or 0, 1e-4), **style)
-            p99_axis.barh(y, max(row["p99_ms"] or 0, 0.1), **style)
-            if not row["rps"]:
-                speed_axis.text(1.2e-4, y, "no request finished", va="center", fontsize=7)
+            if row["rps"]:
+                speed_axis.barh(y, row["x_bare"], **style)
+                p99_axis.barh(y, row["p99_ms"], **style)
+            else:
+                alone = figures[str(size)][key]["alone_ms"]
+                p99_axis.text(0.01, y, f"{size_name(size)}: none finished in {results['duration']} s; "
+                              f"one alone took {milliseconds(alone)}", va="center", fontsize=7, color=color,
+                              transform=blended_transform_factory(p99_axis.transAxes, p99_axis.transData))
             for axis, value in goal_ticks(key, size, sizes[0], results, figures):
                 (speed_axis if axis == "speed" else p99_axis).plot(
                     value, y, marker="|", markersize=12, mew=2.5, color="black" if s == 0 else "#555555")
