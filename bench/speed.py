@@ -768,6 +768,7 @@ def parse_args(argv=None):
         if getattr(args, name) is None:
             setattr(args, name, default)
     args.sizes = [int(size.replace("_", "")) for size in args.sizes.split(",")]
+    args.build_dir, args.results = args.build_dir.resolve(), args.results.resolve()  # SQLite URIs need absolute paths
     return args
 
 
