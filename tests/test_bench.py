@@ -70,6 +70,13 @@ def test_quick_bench_measures_every_case_against_real_servers(tmp_path):
     assert results["machine"]["description"] in table
     assert (results_dir / "latest.png").read_bytes().startswith(b"\x89PNG")
 
+    (results_dir / "latest.md").unlink()
+    redrawn = subprocess.run([sys.executable, str(ROOT / "bench" / "speed.py"), "--redraw", "--results",
+                              str(results_dir)], capture_output=True, text=True, timeout=120)
+    assert redrawn.returncode == 0, redrawn.stderr[-3000:]
+    assert (results_dir / "latest.md").read_text() == table
+    assert json.loads((results_dir / "latest.json").read_text()) == results
+
 
 def test_bench_run_sets_up_then_passes_its_arguments_on(tmp_path):
     need_wrk_and_datasette()
