@@ -54,7 +54,6 @@ def test_quick_bench_measures_every_case_against_real_servers(tmp_path):
     transfers = results["transfers"]
     for name in ("import", "import_wall", "raw_import", "export", "export_wall", "raw_export"):
         assert transfers[name] > 0, name
-    assert transfers["import_wall"] > transfers["import"]  # the whole command includes starting Python
     assert transfers["same_csv_as_raw"], "the raw export must write what Engines' export writes"
     assert results["rss"]["10000"] > 10e6
 
