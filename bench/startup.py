@@ -115,8 +115,9 @@ def main() -> int:
     parser.add_argument("--no-build", action="store_true", help="measure the builds already in --build-dir")
     args = parser.parse_args()
     if not args.no_build:
-        shutil.rmtree(args.build_dir, ignore_errors=True)
         for kind in ("onedir", "onefile"):
+            # Only its own builds: build/bench also keeps bench/speed.py's seeded databases.
+            shutil.rmtree(args.build_dir / kind, ignore_errors=True)
             build(kind, args.build_dir)
 
     kinds = commands(args.build_dir)
