@@ -3025,7 +3025,19 @@ def parse_args(argv=None):
     return args
 
 
+def share_memory_between_threads() -> None:
+    """Have glibc's malloc keep two arenas, not one for each of waitress's
+    threads: each thread's arena grew apart from the others', and the
+    server's memory with them (glibc only; elsewhere this does nothing)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
+
+
 def main(argv=None) -> int:
+    share_memory_between_threads()
     args = parse_args(argv)
     if FROZEN:
         restore_the_library_path()

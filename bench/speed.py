@@ -399,8 +399,10 @@ def timed_command(instance: Path, *args: str) -> float:
 def raw_import(database: Path, export: Path) -> dict[str, float]:
     """Raw sqlite3 on the same rows: seconds to read the CSV export with csv
     (`raw_read_csv`), then to insert the rows with executemany into the
-    same, empty, engine table and commit (`raw_import`: the baseline), and
-    the same into a table without its CHECK constraints, to show their cost."""
+    same, empty, engine table, its search index built and its count kept as
+    a bulk load does it, and commit (`raw_import`: the baseline), and the
+    same into a bare table without CHECKs, indexes or triggers, to show their
+    cost."""
     started = time.perf_counter()
     with export.open(newline="", encoding="utf-8") as file:
         reader = csv.reader(file)
@@ -417,8 +419,17 @@ def raw_import(database: Path, export: Path) -> dict[str, float]:
         connection.commit()
         for table, name in (("engine", "raw_import"), ("engine_without_checks", "raw_import_without_checks")):
             started = time.perf_counter()
+            if table == "engine":
+                # What any program loading many rows into Engines' schema does best: mark the load,
+                # so that the triggers leave the search index and the count to one statement each.
+                connection.execute("INSERT INTO engine_bulk_load (id) VALUES (0)")
             connection.executemany(f"INSERT INTO {table} (id, title, thrust, version, updated_at) "
                                    "VALUES (?, ?, ?, ?, ?)", rows)
+            if table == "engine":
+                document = engines.SEARCH_DOCUMENT.format(row="engine")
+                connection.execute(f"INSERT INTO engine_fts (rowid, text) SELECT id, {document} FROM engine")
+                connection.execute("UPDATE engine_stats SET engines = (SELECT count(*) FROM engine)")
+                connection.execute("DELETE FROM engine_bulk_load")
             connection.commit()
             times[name] = time.perf_counter() - started
     return times
@@ -544,7 +555,7 @@ def judge_transfer(name: str, transfers: dict) -> dict:
     speed = raw / work
     if name == "import":
         raw_words = (f"raw executemany {raw:.2f} s (reading the CSV: {transfers['raw_read_csv']:.2f} s more; "
-                     f"into a table without CHECKs: {transfers['raw_import_without_checks']:.2f} s)")
+                     f"into a bare table: {transfers['raw_import_without_checks']:.2f} s)")
     else:
         raw_words = f"raw SELECT and csv {raw:.2f} s"
     return {"key": name, "case": f"flask {name}, CSV ({transfers['rows']:,} engines)", "size": transfers["size"],
@@ -636,8 +647,9 @@ def settings_text(args) -> str:
             "suggest_facets off) and `title__contains` for search. Deep pages start "
             f"{DEEP:.0%} of the way down the list. Import and export (CSV): median of {args.runs}, the flask "
             "command timed inside its process (after Python's start-up, the imports and create_app); the raw "
-            "import is sqlite3 executemany of the rows already read from the CSV, into the same empty table, "
-            "one commit; the raw export is a sqlite3 SELECT written with the csv module, to the same bytes.")
+            "import is sqlite3 executemany of the rows already read from the CSV, into the same empty schema, "
+            "marked as a bulk load (its search index and count built in one statement each), one commit; "
+            "the raw export is a sqlite3 SELECT written with the csv module, to the same bytes.")
 
 
 def write_results(results: dict, rows: list[dict], folder: Path) -> None:
