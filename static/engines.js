@@ -7,7 +7,8 @@ const FOCUS_AFTER = "engines-focus-after";  // sessionStorage: where the next pa
 const POLL_MS = 1000;  // how often the list asks whether anything changed (a 304 while nothing did)
 
 document.addEventListener("DOMContentLoaded", () => {
-  placeFocus();
+  // After the load: going to a #fragment (a new engine's row) would take the focus away again.
+  addEventListener("load", () => setTimeout(placeFocus));
   announceMessages();
   document.addEventListener("submit", rememberFocus, true);
   document.addEventListener("click", rememberLinkFocus, true);
@@ -37,7 +38,10 @@ function rememberFocus(event) {
 
 function rememberLinkFocus(event) {
   const link = event.target.closest("a[data-keep-focus]");
-  if (link && event.detail === 0) sessionStorage.setItem(FOCUS_AFTER, "#" + link.id);
+  if (!link || event.detail !== 0) return;
+  // A pager link gone from the next page (no next page after it) leaves the focus in the same pager.
+  const pager = link.closest("nav");
+  sessionStorage.setItem(FOCUS_AFTER, "#" + link.id + (pager ? `||#${pager.id} a` : ""));
 }
 
 function placeFocus() {
@@ -47,8 +51,7 @@ function placeFocus() {
   for (const selector of (wanted || "").split("||")) {
     const target = selector && document.querySelector(selector);
     if (target) {
-      target.focus();
-      if (target.select && target.type !== "search") target.select?.();
+      target.focus({ preventScroll: Boolean(location.hash) });  // the new engine's row stays in view
       return;
     }
   }
@@ -118,7 +121,9 @@ function shortcut(event) {
 }
 
 function showShortcuts() {
-  document.getElementById("shortcuts").showModal();
+  const dialog = document.getElementById("shortcuts"), before = document.activeElement;
+  dialog.addEventListener("close", () => before?.focus(), { once: true });  // back where it was
+  dialog.showModal();
 }
 
 // -- A thrust set from its row -------------------------------------------------------
@@ -246,7 +251,13 @@ function syncRows(rows, freshRows) {
     let row = fresh;
     const mine = old.get(fresh.id);
     old.delete(fresh.id);
-    if (mine) row = updateRow(mine, fresh);
+    if (mine) {
+      row = updateRow(mine, fresh);
+      if (row !== mine) {
+        if (at === mine) at = mine.nextElementSibling;
+        mine.remove();
+      }
+    }
     if (row === at) at = at.nextElementSibling;
     else rows.insertBefore(row, at);
   }
@@ -264,6 +275,13 @@ function updateRow(mine, fresh) {
     const current = mine.cells[index];
     if (current && !busy(current) && current.outerHTML !== cell.outerHTML) current.replaceWith(cell);
   });
+  // The thrust box being worked in keeps what was typed; Escape then brings back what is saved now.
+  const box = mine.querySelector("input[name=thrust]"), saved = fresh.querySelector("input[name=thrust]");
+  if (box && saved && box.defaultValue !== saved.defaultValue) {
+    const typed = box.value !== box.defaultValue;
+    box.defaultValue = saved.defaultValue;
+    if (!typed) box.value = saved.defaultValue;
+  }
   return mine;
 }
 
