@@ -133,7 +133,8 @@ def test_setting_a_thrust_with_the_keyboard_says_saved_and_keeps_every_gauge_tru
     expect(page.locator("#thrust-1")).to_be_focused()
     # The strongest engine is now Small: every row's gauge and label follow.
     expect(page.locator("#engine-3 meter")).to_have_attribute("title", "1 of 12,000, the strongest engine (log scale)")
-    expect(page.locator("#engine-1 meter")).to_have_attribute("title", "123 of 12,000, the strongest engine (log scale)")
+    expect(page.locator("#engine-1 meter")).to_have_attribute("title",
+                                                              "123 of 12,000, the strongest engine (log scale)")
     assert page.evaluate("document.querySelector('#engine-5 meter').value") == 1000
     page.screenshot(path=str(OUTPUT / "thrust-saved.png"))
     expect(note).to_have_count(0)  # "Saved" clears by itself

@@ -278,7 +278,7 @@ def test_the_idle_poll_is_answered_304_reading_no_engine(small_and_large):
         tag = app.test_client().get("/api/state").headers["ETag"]
         counted = [0]
 
-        def count(dbapi_connection, connection_record):
+        def count(dbapi_connection, connection_record, counted=counted):
             dbapi_connection.set_progress_handler(lambda: counted.__setitem__(0, counted[0] + 1) or 0, 1)
 
         with app.app_context():
