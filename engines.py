@@ -63,7 +63,7 @@ from flask_sqlalchemy import SQLAlchemy
 from flask_wtf import FlaskForm
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from markupsafe import Markup
-from platformdirs import user_data_dir
+from platformdirs import user_data_dir, user_downloads_dir
 from sqlalchemy import (
     DDL,
     CheckConstraint,
@@ -134,6 +134,8 @@ CHANNEL_TIMEOUT = 30  # seconds after which a silent connection is closed (waitr
 BUSY_TIMEOUT_MS = 10_000
 WINDOW_SIZE = (1100, 760)
 WINDOW_MIN_SIZE = (800, 600)  # the page is designed to work from 800x600 up
+WINDOW_STATE = "window.json"  # in the instance folder: the window's last size and place
+FILE_DIALOG_SAVE = 30  # pywebview's FileDialog.SAVE
 WEBKITGTK = "libwebkit2gtk-4.1.so.0"  # draws the Linux binary's window (Debian: gir1.2-webkit2-4.1)
 LOG_FILE = "engines.log"
 # A PyInstaller build is "frozen": its templates and static files are
@@ -1300,6 +1302,7 @@ def create_app(test_config: dict | None = None, instance_path=None) -> Flask:
     csrf.exempt(api)
     app.jinja_env.globals.update(max_thrust=MAX_THRUST, default_per_page=app.config["PER_PAGE"], version=__version__)
     app.jinja_env.filters["home_relative"] = home_relative
+    app.jinja_env.globals["window_save_url"] = None  # set by show_window: downloads ask where to save
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(ValidationError, handle_validation_error)
     app.register_error_handler(EditConflict, handle_edit_conflict)
@@ -2680,6 +2683,47 @@ def back_up_page():
     return redirect(url_for("pages.index"))
 
 
+@pages.post("/window/save")
+def save_download():
+    """In Engines' own window only: save an export or a backup where the
+    person chooses in the system's Save dialog, and say where it went. (A
+    download in the window would otherwise land in a folder unasked.) The
+    page's script posts the link's address here; pywebview's own bridge to
+    Python needs eval(), which the Content-Security-Policy forbids."""
+    window = current_app.extensions.get("engines_window")
+    if window is None:
+        abort(404, description="Saving with a dialog is for Engines' own window.")
+    href = request.form.get("href", "")
+    downloads = {url_for("api.api_export", fmt="csv"): "csv", url_for("api.api_export", fmt="json"): "json",
+                 url_for("api.api_backup"): "backup"}
+    if href not in downloads:
+        raise ValidationError({"href": "Not a download of this page."})
+    kind = downloads[href]
+    if kind == "backup" and sqlite_file() is None:
+        return {"error": True, "message": PG_BACKUP_ADVICE}
+    name = backup_name(f"rev{current_revision()}") if kind == "backup" else \
+        f"engines-{utcnow().strftime(FILE_TIME)}.{kind}"
+    folder = next((str(f) for f in (Path(user_downloads_dir()), Path.home()) if f.is_dir()), "")
+    chosen = window.create_file_dialog(FILE_DIALOG_SAVE, directory=folder, save_filename=name)
+    if not chosen:
+        return {"error": False, "message": "Nothing was saved."}
+    target = Path(chosen if isinstance(chosen, str) else chosen[0])
+    partial = target.with_name(f".{target.name}.part")
+    try:
+        if kind == "backup":
+            partial.unlink(missing_ok=True)
+            snapshot_database(partial)
+        else:
+            with partial.open("w", encoding="utf-8", newline="") as file:
+                file.writelines(export_chunks(kind))
+        os.replace(partial, target)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        return {"error": True, "message": f"Nothing was saved: {one_line(exc)}"}
+    what = "a backup" if kind == "backup" else f"every engine as {kind.upper()}"
+    return {"error": False, "message": f"Saved {what} to {home_relative(target)}."}
+
+
 # ---------------------------------------------------------------------------
 # The JSON API
 # ---------------------------------------------------------------------------
@@ -3318,6 +3362,85 @@ def name_the_window_for_the_desktop() -> None:
     Gdk.set_program_class(APP_ID)
 
 
+def saved_window_place(instance_dir: Path) -> dict:
+    """The size and place the window had when it was last closed
+    (<instance>/window.json), as create_window takes them; the defaults
+    when there is none, or it is not what Engines wrote."""
+    place = {"width": WINDOW_SIZE[0], "height": WINDOW_SIZE[1]}
+    try:
+        saved = json.loads((instance_dir / WINDOW_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return place
+    if not isinstance(saved, dict):
+        return place
+    sizes = [saved.get(name) for name in ("width", "height")]
+    if all(type(size) is int and low <= size <= 20_000 for size, low in zip(sizes, WINDOW_MIN_SIZE, strict=True)):
+        place.update(width=sizes[0], height=sizes[1])
+    corner = [saved.get(name) for name in ("x", "y")]
+    if all(type(value) is int and -20_000 <= value <= 20_000 for value in corner):
+        place.update(x=corner[0], y=corner[1])
+    return place
+
+
+def remember_window_place(window, instance_dir: Path, place: dict) -> None:
+    """Follow the window's size and place as it is resized and moved, and
+    write them to <instance>/window.json when it closes."""
+    def resized(width, height):
+        place.update(width=width, height=height)
+
+    def moved(x, y):
+        place.update(x=x, y=y)
+
+    def closing():
+        with suppress(OSError):
+            (instance_dir / WINDOW_STATE).write_text(json.dumps(place), encoding="utf-8")
+
+    window.events.resized += resized
+    window.events.moved += moved
+    window.events.closing += closing
+
+
+def on_screen(place: dict, screens) -> dict:
+    """The place without its corner if that corner is on none of the screens
+    (a screen unplugged since): the window manager then places the window."""
+    if "x" in place and screens and not any(
+            screen.x <= place["x"] < screen.x + screen.width and screen.y <= place["y"] < screen.y + screen.height
+            for screen in screens):
+        return {name: value for name, value in place.items() if name not in ("x", "y")}
+    return place
+
+
+def follow_the_desktop_theme() -> None:
+    """Dark or light as the desktop is. A GTK 3 window does not follow the
+    desktop's style setting by itself (GNOME's org.gnome.desktop.interface
+    color-scheme, which libadwaita apps follow): read it, and follow its
+    changes, into GTK's gtk-application-prefer-dark-theme, from which
+    WebKitGTK tells the page prefers-color-scheme. A dark GTK theme
+    (GTK_THEME=Adwaita:dark) works without this."""
+    if sys.platform in ("win32", "darwin"):
+        return  # WebView2 and WKWebView follow the system themselves
+    try:
+        from gi.repository import Gio, Gtk
+    except ImportError:
+        return
+    source = Gio.SettingsSchemaSource.get_default()
+    schema = source.lookup("org.gnome.desktop.interface", True) if source else None
+    if schema is None or not schema.has_key("color-scheme"):
+        return
+    interface = Gio.Settings.new("org.gnome.desktop.interface")
+
+    def follow(*_):
+        Gtk.Settings.get_default().props.gtk_application_prefer_dark_theme = \
+            interface.get_string("color-scheme") == "prefer-dark"
+
+    follow()
+    interface.connect("changed::color-scheme", follow)
+    DESKTOP_SETTINGS.append(interface)  # kept, so that its signal keeps coming
+
+
+DESKTOP_SETTINGS: list = []
+
+
 def open_window(app: Flask, server) -> int:
     """Show the app in a native window until the window is closed (or Ctrl-C
     or SIGTERM), then stop cleanly; returns the exit code. Where no window
@@ -3344,12 +3467,17 @@ def show_window(app: Flask, server) -> None:
     from waitress import wasyncore
 
     name_the_window_for_the_desktop()
+    follow_the_desktop_theme()
 
     url = server_url(app, server)
-    window = webview.create_window(
-        APP_NAME, url, width=WINDOW_SIZE[0], height=WINDOW_SIZE[1], min_size=WINDOW_MIN_SIZE,
-        text_select=True, zoomable=True,
-    )
+    instance_dir = Path(app.instance_path)
+    place = saved_window_place(instance_dir)
+    with suppress(Exception):  # where the backend cannot list the screens yet, the place stands
+        place = on_screen(place, webview.screens)
+    window = webview.create_window(APP_NAME, url, **place, min_size=WINDOW_MIN_SIZE, text_select=True, zoomable=True)
+    remember_window_place(window, instance_dir, place)
+    app.extensions["engines_window"] = window
+    app.jinja_env.globals["window_save_url"] = url_for_window_save(app)
     served = threading.Event()
 
     def serve_while_the_window_is_open():  # pywebview runs it once the GUI is up
@@ -3379,6 +3507,11 @@ def show_window(app: Flask, server) -> None:
     server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
     served.wait(timeout=10)
     finish_requests_and_close_database(app, server)
+
+
+def url_for_window_save(app: Flask) -> str:
+    with app.test_request_context():
+        return url_for("pages.save_download")
 
 
 def restore_the_library_path() -> None:

@@ -285,17 +285,26 @@ function updateRow(mine, fresh) {
   return mine;
 }
 
-// -- In Engines' own window (pywebview): downloads ask where to save, F5 reloads --------
+// -- In Engines' own window: downloads ask where to save, F5 and Ctrl+R reload ------------------
+// (A browser does both itself. The page posts the link to Engines, which shows the system's Save dialog.)
 
-function inWindow() {
-  if (inWindow.done || !window.pywebview || !window.pywebview.api) return;
-  inWindow.done = true;
+document.addEventListener("DOMContentLoaded", () => {
+  const saveUrl = document.body.dataset.windowSave;
+  if (!saveUrl) return;
   document.addEventListener("click", async (event) => {
     const link = event.target.closest("a[download]");
     if (!link) return;
     event.preventDefault();
-    const result = await window.pywebview.api.save_download(link.getAttribute("href"));
-    if (result) showMessage(result.message, result.error);
+    const form = new FormData();
+    form.append("csrf_token", document.querySelector("input[name=csrf_token]").value);
+    form.append("href", link.getAttribute("href"));
+    try {
+      const response = await fetch(saveUrl, { method: "POST", body: form, credentials: "same-origin" });
+      const body = await response.json();
+      showMessage(body.message || body.error, Boolean(body.error) || !response.ok);
+    } catch (e) {
+      showMessage("Engines is not answering; is it still running?", true);
+    }
   });
   document.addEventListener("keydown", (event) => {
     if (event.key === "F5" || ((event.ctrlKey || event.metaKey) && event.key.toLowerCase() === "r")) {
@@ -303,6 +312,4 @@ function inWindow() {
       location.reload();
     }
   });
-}
-window.addEventListener("pywebviewready", inWindow);
-document.addEventListener("DOMContentLoaded", inWindow);
+});
