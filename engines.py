@@ -2263,7 +2263,8 @@ class ListView(NamedTuple):
     """What the list page shows, worked out once for the page: the engines,
     the position of the first ("51" of "51–100 of 100,000", None where it
     is not known), the links of the pager and the column headers, the
-    engines to highlight (ids `new` from–to), and the gauges' scale."""
+    engines to highlight (ids `new` from–to), and each engine's gauge (0–1000)
+    on the page's scale."""
 
     page: EnginePage
     params: dict
@@ -2273,7 +2274,7 @@ class ListView(NamedTuple):
     links: dict
     headers: dict
     new: tuple[int, int]
-    gauge: object
+    gauges: list[int]
     scale: str
     strongest: int
 
@@ -2385,7 +2386,8 @@ def list_view(params: dict, start: int | None, new: tuple[int, int]) -> ListView
     weakest = db.session.scalar(select(func.min(Engine.thrust)).where(Engine.thrust > 0)) or 0
     gauge, scale = gauge_scale(strongest, weakest)
     heading, title = list_summary(page, params, position)
-    return ListView(page, params, position, heading, title, links, headers, new, gauge, scale, strongest)
+    gauges = [gauge(row.thrust) for row in page.engines]
+    return ListView(page, params, position, heading, title, links, headers, new, gauges, scale, strongest)
 
 
 def title_marker(q: str):
