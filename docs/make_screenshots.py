@@ -8,6 +8,9 @@ instance folder of its own in a temporary folder (so the page shows
 checkout), fills it with real engines over the JSON API, and takes the
 screenshots with Debian's Chromium: docs/screenshot.png (light, 1100x760),
 docs/screenshot-dark.png (dark) and docs/screenshot-narrow.png (390x844).
+Then, where Xvfb and pywebview with GTK are installed (tests/run installs
+them), it opens Engines' window on a screen of its own for docs/window.png,
+driven by the window tests' tests/window_scripts/look_and_close.py.
 """
 
 from __future__ import annotations
@@ -49,6 +52,30 @@ def start_engines(home: Path) -> tuple[subprocess.Popen, str]:
     return process, url
 
 
+def window_screenshot(home: Path, target: Path) -> bool:
+    """Engines' window on the demo database, on an Xvfb screen of its own; False where it cannot open."""
+    if shutil.which("Xvfb") is None or shutil.which("import") is None:
+        return False
+    read_end, write_end = os.pipe()
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write_end), "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
+                            pass_fds=(write_end,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write_end)
+    with os.fdopen(read_end) as ready:
+        display = ready.readline().strip()
+    try:
+        env = {**os.environ, "HOME": str(home), "DISPLAY": f":{display}", "WINDOW_TEST_OUTPUT": str(home),
+               "WINDOW_TEST_SCREENSHOT": str(target),
+               "ENGINES_WINDOW_TEST_SCRIPT": str(ROOT / "tests" / "window_scripts" / "look_and_close.py")}
+        env.pop("WAYLAND_DISPLAY", None)
+        window = subprocess.run([sys.executable, str(ROOT / "engines.py"), "--window", "--port", "0",
+                                 "--instance", str(home / ".local" / "share" / "Engines")],
+                                env=env, capture_output=True, text=True, timeout=120)
+        return window.returncode == 0 and (home / "seen.json").exists()
+    finally:
+        xvfb.terminate()
+        xvfb.wait(10)
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="engines-demo-") as folder:
         process, url = start_engines(Path(folder))
@@ -68,7 +95,10 @@ def main() -> None:
         finally:
             process.terminate()
             process.wait(15)
-    print("wrote", ", ".join(f"docs/{name}" for name, *_ in shots))
+        wrote = [f"docs/{name}" for name, *_ in shots]
+        if window_screenshot(Path(folder), DOCS / "window.png"):
+            wrote.append("docs/window.png")
+    print("wrote", ", ".join(wrote))
 
 
 if __name__ == "__main__":
