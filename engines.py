@@ -16,6 +16,7 @@ import argparse
 import base64
 import binascii
 import csv
+import functools
 import hmac
 import io
 import ipaddress
@@ -59,10 +60,11 @@ from flask import (
     url_for,
 )
 from flask.cli import with_appcontext
+from flask.sessions import SecureCookieSessionInterface
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf import FlaskForm
 from flask_wtf.csrf import CSRFError, CSRFProtect
-from markupsafe import Markup
+from markupsafe import Markup, escape
 from platformdirs import user_data_dir, user_downloads_dir
 from sqlalchemy import (
     DDL,
@@ -78,6 +80,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    bindparam,
     case,
     cast,
     event,
@@ -163,7 +166,9 @@ NAMING_CONVENTION = {
     "ix": "%(table_name)s_%(column_0_N_name)s_idx",
 }
 
-db = SQLAlchemy(metadata=MetaData(naming_convention=NAMING_CONVENTION))
+# expire_on_commit=False: a write answers with the engine it just wrote, without
+# reading it back in a transaction of its own (the ORM knows its new version).
+db = SQLAlchemy(metadata=MetaData(naming_convention=NAMING_CONVENTION), session_options={"expire_on_commit": False})
 csrf = CSRFProtect()
 
 
@@ -269,6 +274,13 @@ def list_columns() -> tuple:
     return Engine.id, Engine.title, Engine.thrust, Engine.version, updated_at_text
 
 
+@functools.cache
+def one_engine_query(dialect: str):
+    """The row of one engine (list_columns()) whose id is the parameter
+    `engine_id`: built once, for the request scripts make most."""
+    return select(*list_columns()).where(Engine.id == bindparam("engine_id"))
+
+
 def engine_json(row) -> dict:
     """The JSON of an engine read as a row of list_columns()."""
     return dict(zip(EXPORT_FIELDS, row, strict=True))
@@ -289,7 +301,7 @@ engine_fts = sql_table("engine_fts", sql_column("rowid"), sql_column("engine_fts
 # upper(title), and statement triggers keep the count.
 SEARCH_DOCUMENT = "{row}.title || coalesce(char(10) || {row}.title_search, '')"
 SQLITE_SEARCH_DDL = [
-    "CREATE VIRTUAL TABLE engine_fts USING fts5(text, content='', tokenize='trigram', detail='none')",
+    "CREATE VIRTUAL TABLE engine_fts USING fts5(text, content='', tokenize='trigram')",
     "CREATE TABLE engine_bulk_load (id INTEGER PRIMARY KEY)",
     "CREATE TRIGGER engine_added AFTER INSERT ON engine WHEN NOT EXISTS (SELECT 1 FROM engine_bulk_load) BEGIN"
     f" INSERT INTO engine_fts (rowid, text) VALUES (NEW.id, {SEARCH_DOCUMENT.format(row='NEW')});"
@@ -502,21 +514,27 @@ def title_contains(q: str):
 
 def search_candidates(q: str):
     """On SQLite, for `q` of three characters or more: the ids of the engines
-    FTS5's trigram index finds holding every trigram of q's casefold, a
-    few more than title_contains will keep; None otherwise (PostgreSQL's
+    whose title (or its title_search) holds q's casefold, as FTS5's trigram
+    index finds them (q as a phrase: its trigrams one after the other), to
+    which title_contains is still applied; None otherwise (PostgreSQL's
     planner uses its index by itself; a trigram index cannot find one or
     two characters)."""
     folded = q.casefold()
     if db.engine.dialect.name != "sqlite" or len(folded) < 3:
         return None
-    trigrams = sorted({folded[i:i + 3] for i in range(len(folded) - 2)})
-    query = " AND ".join('"' + trigram.replace('"', '""') + '"' for trigram in trigrams)
-    return select(engine_fts.c.rowid).where(engine_fts.c.engine_fts.op("MATCH")(query))
+    phrase = '"' + folded.replace('"', '""') + '"'
+    return select(engine_fts.c.rowid).where(engine_fts.c.engine_fts.op("MATCH")(phrase))
+
+
+def read(statement, parameters: dict | None = None):
+    """Run a query on the session's connection as Core does: for reads of
+    rows the ORM's machinery cost more than the query itself."""
+    return db.session.connection().execute(statement, parameters)
 
 
 def count_up_to(query, limit: int) -> int:
     """How many rows `query` has, counting no further than `limit`."""
-    return db.session.scalar(select(func.count()).select_from(query.limit(limit).subquery()))
+    return read(select(func.count()).select_from(query.limit(limit).subquery())).scalar()
 
 
 def encode_cursor(engine: Engine, key: str) -> str:
@@ -616,8 +634,13 @@ def list_engines(q: str = "", sort: str = "id", per_page: int = DEFAULT_PER_PAGE
     matches = select(literal(1)).select_from(Engine)
     if q:
         candidates = search_candidates(q)
-        if candidates is not None and count_up_to(candidates, SEARCH_COUNT_LIMIT + 1) <= SEARCH_COUNT_LIMIT:
-            page, matches = page.where(Engine.id.in_(candidates)), matches.where(Engine.id.in_(candidates))
+        if candidates is not None:
+            # Counted through the index, whatever their number: joined, so
+            # that counting stops at the limit (an IN list is read whole).
+            candidates_table = candidates.subquery()
+            matches = matches.join(candidates_table, candidates_table.c.rowid == Engine.id)
+            if count_up_to(candidates, SEARCH_COUNT_LIMIT + 1) <= SEARCH_COUNT_LIMIT:
+                page = page.where(Engine.id.in_(candidates))
         page, matches = page.where(title_contains(q)), matches.where(title_contains(q))
     # A previous page is read backwards from its cursor, then turned round.
     backwards = before is not None
@@ -636,11 +659,11 @@ def list_engines(q: str = "", sort: str = "id", per_page: int = DEFAULT_PER_PAGE
             else:
                 page = page.where(column >= value, or_(column > value, Engine.id > last_id))
     order = [column.desc(), Engine.id.desc()] if forwards_descending else [column, Engine.id]
-    rows = db.session.execute(page.order_by(*order).limit(per_page + 1)).all()
+    rows = read(page.order_by(*order).limit(per_page + 1)).all()
     more = len(rows) > per_page
     rows = rows[:per_page]
     if not q:
-        total, bounded = db.session.scalar(select(engine_stats.c.engines)), False
+        total, bounded = read(select(engine_stats.c.engines)).scalar(), False
     elif not cursor and not more:
         total, bounded = len(rows), False
     else:
@@ -659,7 +682,7 @@ def list_engines(q: str = "", sort: str = "id", per_page: int = DEFAULT_PER_PAGE
 def strongest_thrust() -> int:
     """The highest thrust of all engines (0 for none), which the gauges
     measure against: read from the end of the thrust index."""
-    return db.session.scalar(select(func.max(Engine.thrust))) or 0
+    return read(select(func.max(Engine.thrust))).scalar() or 0
 
 
 # ---------------------------------------------------------------------------
@@ -679,7 +702,7 @@ def engine_batches():
     last_id = 0
     columns = list_columns()
     while True:
-        found = db.session.execute(select(*columns).where(Engine.id > last_id).order_by(Engine.id)
+        found = read(select(*columns).where(Engine.id > last_id).order_by(Engine.id)
                                    .limit(EXPORT_BATCH))
         rows = found.all()
         db.session.close()
@@ -1250,6 +1273,17 @@ def begin_write() -> None:
         db.session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
 
 
+class CookieSessionOnlyWhenSent(SecureCookieSessionInterface):
+    """Flask's signed-cookie session, which builds no serializer for a
+    request that sends no cookie: a script calling the API sends none, and
+    that serializer was a tenth of the cost of answering it."""
+
+    def open_session(self, app, request):
+        if not request.cookies.get(self.get_cookie_name(app)):
+            return self.session_class()
+        return super().open_session(app, request)
+
+
 def create_app(test_config: dict | None = None, instance_path=None) -> Flask:
     """Build the app: defaults, then instance/config.py, then ENGINES_* env
     variables, then `test_config`. Creates the instance folder, and the
@@ -1289,6 +1323,7 @@ def create_app(test_config: dict | None = None, instance_path=None) -> Flask:
     if app.config["REQUIRE_TOKEN"] and not app.config["TOKEN"]:
         app.config["TOKEN"] = secrets.token_urlsafe(32)
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict")
+    app.session_interface = CookieSessionOnlyWhenSent()
     app.json.sort_keys = False
     app.json.ensure_ascii = False
 
@@ -2383,7 +2418,7 @@ def list_view(params: dict, start: int | None, new: tuple[int, int]) -> ListView
         order = "ascending" if current == key else "descending" if current == f"-{key}" else None
         headers[key] = (url_for("pages.index", **{**keep, "sort": sort}), order)
     strongest = strongest_thrust()
-    weakest = db.session.scalar(select(func.min(Engine.thrust)).where(Engine.thrust > 0)) or 0
+    weakest = read(select(func.min(Engine.thrust)).where(Engine.thrust > 0)).scalar() or 0
     gauge, scale = gauge_scale(strongest, weakest)
     heading, title = list_summary(page, params, position)
     gauges = [gauge(row.thrust) for row in page.engines]
@@ -2391,11 +2426,11 @@ def list_view(params: dict, start: int | None, new: tuple[int, int]) -> ListView
 
 
 def title_marker(q: str):
-    """A function that writes a title with each match of the search `q` in
-    <mark>, finding matches as search does (casefold), e.g. "strasse" in
-    "Straße". Cheap for the ASCII titles most pages show."""
+    """A function that writes a title as HTML, escaped, with each match of
+    the search `q` in <mark>, finding matches as search does (casefold),
+    e.g. "strasse" in "Straße". Cheap for the ASCII titles most pages show."""
     if not q:
-        return lambda title: title
+        return escape
     needle = q.casefold()
 
     def mark(title: str):
@@ -2412,7 +2447,7 @@ def title_marker(q: str):
             spans.append((owner[at], owner[at + len(needle) - 1] + 1))
             at = folded.find(needle, at + len(needle))
         if not spans:
-            return title
+            return escape(title)
         html, done = Markup(), 0
         for begin, end in spans:
             if begin >= done:
@@ -2701,6 +2736,8 @@ def save_download():
     if href not in downloads:
         raise ValidationError({"href": "Not a download of this page."})
     kind = downloads[href]
+    # A post begins as a write: let the other writers in while the dialog is open.
+    db.session.rollback()
     if kind == "backup" and sqlite_file() is None:
         return {"error": True, "message": PG_BACKUP_ADVICE}
     name = backup_name(f"rev{current_revision()}") if kind == "backup" else \
@@ -2897,7 +2934,7 @@ def api_create_engine():
 def api_get_engine(engine_id: int):
     # A row, not an ORM object: reading is all this does, and it is the
     # request scripts make most.
-    row = db.session.execute(select(*list_columns()).where(Engine.id == engine_id)).first() \
+    row = read(one_engine_query(db.engine.dialect.name), {"engine_id": engine_id}).first() \
         if engine_id <= MAX_INTEGER else None
     if row is None:
         abort(404, description=f"Engine {engine_id} was not found.")

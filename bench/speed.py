@@ -36,6 +36,7 @@ import sqlite3
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -360,6 +361,91 @@ def measure_size(size: int, database: Path, bare: Server, args, work: Path) -> t
             if name in servers:
                 servers[name].stop()
     return {case.key: median_figures(runs[case.key]) for case in cases}, rss
+
+
+# ---------------------------------------------------------------------------
+# The same requests on PostgreSQL (--postgresql)
+# ---------------------------------------------------------------------------
+
+def as_postgres(*args) -> list[str]:
+    """A PostgreSQL server command, as the postgres user when we are root (initdb refuses root)."""
+    return (["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []) + [str(a) for a in args]
+
+
+class PostgreSQL:
+    """A throwaway PostgreSQL cluster listening only on a Unix socket in its
+    own folder, as tests/conftest.py starts one, with fsync on (a real one)."""
+
+    def __init__(self):
+        self.bin = max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
+        self.base = Path(tempfile.mkdtemp(prefix="engines-bench-pg-"))
+        if os.geteuid() == 0:
+            shutil.chown(self.base, "postgres")
+        self.data = self.base / "data"
+        subprocess.run(as_postgres(self.bin / "initdb", "-D", self.data, "-U", "postgres", "-A", "trust", "-E",
+                                   "UTF8", "--locale=C.UTF-8"), cwd=self.base, check=True, capture_output=True)
+        subprocess.run(as_postgres(self.bin / "pg_ctl", "-D", self.data, "-l", self.base / "server.log", "-w",
+                                   "-o", f"-c listen_addresses='' -k {self.base}", "start"),
+                       cwd=self.base, check=True, capture_output=True)
+
+    def new_database(self, name: str) -> str:
+        subprocess.run(as_postgres(self.bin / "createdb", "-h", self.base, "-U", "postgres", "-T", "template0",
+                                   "-E", "UTF8", "--locale=C.UTF-8", name), check=True, capture_output=True)
+        return f"postgresql+psycopg://postgres@/{name}?host={self.base}"
+
+    def stop(self) -> None:
+        subprocess.run(as_postgres(self.bin / "pg_ctl", "-D", self.data, "-m", "fast", "stop"), cwd=self.base,
+                       capture_output=True)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def measure_postgresql(size: int, bare: Server, args, work: Path, cursors: dict[str, str]) -> dict:
+    """Engines' request cases at `size` on PostgreSQL, seeded as the SQLite
+    database is (so the same cursors point at the same engines), with bare
+    Flask measured again between them: {case key: figures}."""
+    cluster = PostgreSQL()
+    try:
+        instance = work / f"engines-postgresql-{size}"
+        instance.mkdir(parents=True)
+        url = cluster.new_database(f"engines_{size}")
+        (instance / "config.py").write_text(f"SQLALCHEMY_DATABASE_URI = {url!r}\n", encoding="utf-8")
+        flask_command(instance, "seed", "--count", str(size), timeout=3600)
+        subprocess.run(as_postgres(cluster.bin / "psql", "-h", cluster.base, "-U", "postgres", "-d", f"engines_{size}",
+                                   "-c", "VACUUM ANALYZE"), check=True, capture_output=True)
+        server = start_engines(instance, work)
+        cases = [case for case in request_cases(cursors) if case.server in ("engines", "bare")]
+        runs: dict[str, list[dict]] = {case.key: [] for case in cases}
+        try:
+            for run in range(1, args.runs + 1):
+                for case in cases:
+                    target = server if case.server == "engines" else bare
+                    alone_ms = check_answer(target.url, case)
+                    figures = {**run_wrk(target.url, case, args.duration, ids=size), "alone_ms": alone_ms}
+                    wait_until_idle(target.pid)
+                    runs[case.key].append(figures)
+                    print(f"{size_name(size):>4} PostgreSQL run {run}/{args.runs}  {case.label:<38} "
+                          f"{figures['rps']:>9,.1f} req/s  p99 {milliseconds(figures['p99_ms']):>9}", flush=True)
+        finally:
+            server.stop()
+        return {case.key: median_figures(runs[case.key]) for case in cases}
+    finally:
+        cluster.stop()
+
+
+def postgresql_table(cases: list[Case], figures: dict, size: int) -> str:
+    """The PostgreSQL figures as a markdown table, each request's req/s also
+    as a fraction of bare Flask's measured in the same turns."""
+    bare = figures["bare"]["rps"]
+    lines = [f"| case ({size_name(size)} engines, PostgreSQL) | req/s | p50 | p99 | errors | x bare |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for case in cases:
+        if case.key not in figures:
+            continue
+        f = figures[case.key]
+        ratio = "" if case.key == "bare" else f"{f['rps'] / bare:.3f}"
+        lines.append(f"| {case.label} | {f['rps']:,.1f} | {milliseconds(f['p50_ms'])} | {milliseconds(f['p99_ms'])} "
+                     f"| {f['errors']} | {ratio} |")
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------
@@ -773,6 +859,9 @@ def parse_args(argv=None):
                         help="cached databases and the working copies (default build/bench)")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results",
                         help="where latest.md, latest.json and latest.png go (default bench/results)")
+    parser.add_argument("--postgresql", action="store_true",
+                        help="also measure Engines' requests on PostgreSQL at the first size (a throwaway cluster; "
+                             "Debian's postgresql): a table of its own, latest-postgresql.md")
     parser.add_argument("--redraw", action="store_true",
                         help="measure nothing: judge the figures of --results/latest.json again and rewrite "
                              "its table and chart (after changing how they are shown)")
@@ -804,10 +893,13 @@ def main(argv=None) -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     bare = start_bare_flask(work)
-    figures, rss, transfers = {}, {}, None
+    figures, rss, transfers, postgresql = {}, {}, None, None
     try:
         for size in args.sizes:
             figures[size], rss[size] = measure_size(size, databases[size], bare, args, work)
+        if args.postgresql:
+            first = args.sizes[0]
+            postgresql = measure_postgresql(first, bare, args, work, deep_cursors(databases[first], first))
     finally:
         bare.stop()
     transfers = measure_transfers(args.sizes[0], databases[args.sizes[0]], args.runs, work)
@@ -823,6 +915,11 @@ def main(argv=None) -> int:
     }
     write_results(results, rows, args.results)
     print_results(results, rows, args.results)
+    if postgresql is not None:
+        table = postgresql_table(cases, postgresql, args.sizes[0])
+        (args.results / "latest-postgresql.md").write_text(
+            f"# Engines on PostgreSQL, {about['description']}\n\n{table}", encoding="utf-8")
+        print(table)
     return 0
 
 

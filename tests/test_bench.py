@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench import speed
-from conftest import ROOT, add_engines, need
+from conftest import PG_BIN, ROOT, add_engines, need
 
 EVERY_CASE = [
     "bare", "datasette", "datasette-search", "first-page", "html",
@@ -35,10 +35,11 @@ def need_wrk_and_datasette() -> None:
 
 def test_quick_bench_measures_every_case_against_real_servers(tmp_path):
     need_wrk_and_datasette()
+    need(PG_BIN is not None, "PostgreSQL is not installed (Debian package postgresql)")
     results_dir = tmp_path / "results"
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "speed.py"), "--quick",
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "speed.py"), "--quick", "--postgresql",
                            "--build-dir", str(tmp_path / "build"), "--results", str(results_dir)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=420)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     results = json.loads((results_dir / "latest.json").read_text())
@@ -68,6 +69,12 @@ def test_quick_bench_measures_every_case_against_real_servers(tmp_path):
         assert case["label"] in table and case["label"] in done.stdout
     assert results["machine"]["description"] in table
     assert (results_dir / "latest.png").read_bytes().startswith(b"\x89PNG")
+
+    on_postgresql = (results_dir / "latest-postgresql.md").read_text()
+    for case in results["cases"]:
+        if case["server"] in ("engines", "bare"):
+            row = next(line for line in on_postgresql.splitlines() if line.startswith(f"| {case['label']} |"))
+            assert float(row.split("|")[2].replace(",", "")) > 0, row
 
     (results_dir / "latest.md").unlink()
     redrawn = subprocess.run([sys.executable, str(ROOT / "bench" / "speed.py"), "--redraw", "--results",

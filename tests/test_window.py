@@ -130,6 +130,9 @@ def test_export_asks_where_to_save_f5_reloads_a_script_s_engine_shows_and_the_wi
     assert done["message"] == f"Saved every engine as CSV to {saved_to}."
     assert done["announced"] == done["message"]
     assert done["saved"].startswith("id,title,thrust,version,updated_at\n")
+    assert done["backup_dialog"] is True
+    assert done["backup_message"] == f"Saved a backup to {run.workdir / 'backup.sqlite3'}."
+    assert done["backup_saved"] == "SQLite format 3\x00"
     assert done["reloaded"] is True  # F5
     assert done["live"] is True and done["live_without_reload"] is True
     place = json.loads((tmp_path / "instance" / "window.json").read_text())

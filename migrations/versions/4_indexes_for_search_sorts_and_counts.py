@@ -35,7 +35,7 @@ SQLITE_DATETIME_CHECK = (
 
 SEARCH_DOCUMENT = "{row}.title || coalesce(char(10) || {row}.title_search, '')"
 SQLITE_SEARCH_DDL = [
-    "CREATE VIRTUAL TABLE engine_fts USING fts5(text, content='', tokenize='trigram', detail='none')",
+    "CREATE VIRTUAL TABLE engine_fts USING fts5(text, content='', tokenize='trigram')",
     "CREATE TABLE engine_bulk_load (id INTEGER PRIMARY KEY)",
     "CREATE TRIGGER engine_added AFTER INSERT ON engine WHEN NOT EXISTS (SELECT 1 FROM engine_bulk_load) BEGIN"
     f" INSERT INTO engine_fts (rowid, text) VALUES (NEW.id, {SEARCH_DOCUMENT.format(row='NEW')});"

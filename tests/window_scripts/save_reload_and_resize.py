@@ -47,22 +47,32 @@ try:
     seen["loaded"] = window.events.loaded.wait(60)
     url = window.get_current_url()
 
-    # Export CSV: the Save dialog asks where; type a path into it, press Return.
+    def save_as(link: str, target: Path, screenshot: str | None = None) -> tuple[bool, str, str]:
+        """Click a download link; in the Save dialog, type the path and press Return.
+        Whether the dialog came, then the page's message and what was read out."""
+        window.run_js("document.querySelector('#messages')?.remove();"
+                      f"document.querySelector('a[download][href$=\"{link}\"]').click()")
+        dialog = until(lambda: xdotool("search", "--name", "^Save file$").split("\n")[0])
+        if dialog and screenshot:
+            time.sleep(1)  # painted
+            subprocess.run(["import", "-window", "root", screenshot], timeout=30)
+        if dialog:
+            xdotool("windowactivate", "--sync", dialog)
+            xdotool("windowfocus", "--sync", dialog)
+        xdotool("key", "--clearmodifiers", "ctrl+a")
+        xdotool("type", "--delay", "20", str(target))
+        xdotool("key", "Return")
+        message = until(lambda: read("document.querySelector('#messages')?.textContent.trim() || ''"))
+        return bool(dialog), message, until(lambda: read("document.querySelector('#live').textContent"))
+
+    # Export CSV and Download a backup: the Save dialog asks where.
     target = OUTPUT / "exported.csv"
-    window.run_js("document.querySelector('a[download][href$=\"engines.csv\"]').click()")
-    dialog = until(lambda: xdotool("search", "--name", "^Save file$").split("\n")[0])
-    seen["dialog"] = bool(dialog)
-    if dialog and os.environ.get("WINDOW_TEST_SCREENSHOT"):
-        time.sleep(1)  # painted
-        subprocess.run(["import", "-window", "root", os.environ["WINDOW_TEST_SCREENSHOT"]], timeout=30)
-    xdotool("windowactivate", "--sync", dialog) if dialog else None
-    xdotool("windowfocus", "--sync", dialog) if dialog else None
-    xdotool("key", "--clearmodifiers", "ctrl+a")
-    xdotool("type", "--delay", "20", str(target))
-    xdotool("key", "Return")
-    seen["message"] = until(lambda: read("document.querySelector('#messages')?.textContent.trim() || ''"))
-    seen["announced"] = until(lambda: read("document.querySelector('#live').textContent"))
+    seen["dialog"], seen["message"], seen["announced"] = save_as(
+        "engines.csv", target, os.environ.get("WINDOW_TEST_SCREENSHOT"))
     seen["saved"] = target.read_text(encoding="utf-8") if target.exists() else None
+    backup = OUTPUT / "backup.sqlite3"
+    seen["backup_dialog"], seen["backup_message"], _ = save_as("/api/backup", backup)
+    seen["backup_saved"] = backup.read_bytes()[:16].decode("latin-1") if backup.exists() else None
 
     # F5 reloads the page.
     engines_window = xdotool("search", "--name", "^Engines$").split("\n")[0]
