@@ -22,6 +22,7 @@ import io
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import runpy
@@ -39,8 +40,9 @@ from contextlib import ExitStack, closing, contextmanager, suppress
 from datetime import UTC, datetime
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
+from types import SimpleNamespace
 from typing import NamedTuple
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import click
 from flask import (
@@ -62,7 +64,8 @@ from flask.sessions import SecureCookieSessionInterface
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf import FlaskForm
 from flask_wtf.csrf import CSRFError, CSRFProtect
-from platformdirs import user_data_dir
+from markupsafe import Markup, escape
+from platformdirs import user_data_dir, user_downloads_dir
 from sqlalchemy import (
     DDL,
     CheckConstraint,
@@ -98,6 +101,7 @@ from sqlalchemy.exc import ArgumentError, DatabaseError, DataError, IntegrityErr
 from sqlalchemy.orm import Mapped, mapped_column, validates
 from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.pool import NullPool, Pool
+from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import Conflict, HTTPException, InternalServerError, ServiceUnavailable
 from wtforms import HiddenField, StringField
 
@@ -133,6 +137,8 @@ CHANNEL_TIMEOUT = 30  # seconds after which a silent connection is closed (waitr
 BUSY_TIMEOUT_MS = 10_000
 WINDOW_SIZE = (1100, 760)
 WINDOW_MIN_SIZE = (800, 600)  # the page is designed to work from 800x600 up
+WINDOW_STATE = "window.json"  # in the instance folder: the window's last size and place
+FILE_DIALOG_SAVE = 30  # pywebview's FileDialog.SAVE
 WEBKITGTK = "libwebkit2gtk-4.1.so.0"  # draws the Linux binary's window (Debian: gir1.2-webkit2-4.1)
 LOG_FILE = "engines.log"
 # A PyInstaller build is "frozen": its templates and static files are
@@ -593,13 +599,14 @@ def parse_list_args(args) -> dict:
         errors["per_page"] = f"per_page must be a whole number from 1 to {MAX_PER_PAGE}."
     else:
         per_page = int(per_page_text)
-    after, before = args.get("after") or None, args.get("before") or None
-    if after and before:
+    # An empty `before` is the end of the list: the last page.
+    after, before = args.get("after") or None, args.get("before")
+    if after and before is not None:
         errors["before"] = "Give after or before, not both."
     if errors:
         raise ValidationError(errors, "Bad query parameters.")
     for name, cursor in (("after", after), ("before", before)):
-        if cursor is not None:
+        if cursor:
             decode_cursor(cursor, sort.lstrip("-"), name)
     return {"q": q, "sort": sort, "per_page": per_page, "after": after, "before": before}
 
@@ -607,7 +614,8 @@ def parse_list_args(args) -> dict:
 def list_engines(q: str = "", sort: str = "id", per_page: int = DEFAULT_PER_PAGE,
                  after: str | None = None, before: str | None = None) -> EnginePage:
     """One page of engines matching `q`, in `sort` order, after a cursor
-    (the next page) or before one (the previous page).
+    (the next page) or before one (the previous page); an empty `before`
+    is the end of the list (the last page).
 
     Pages are keyset-based: a page never skips or repeats an engine when
     others are added or deleted while a client walks the list, and reads
@@ -638,7 +646,7 @@ def list_engines(q: str = "", sort: str = "id", per_page: int = DEFAULT_PER_PAGE
     backwards = before is not None
     forwards_descending = descending != backwards
     cursor, name = (before, "before") if backwards else (after, "after")
-    if cursor is not None:
+    if cursor:
         value, last_id = decode_cursor(cursor, key, name)
         if key == "id":
             page = page.where(Engine.id < last_id if forwards_descending else Engine.id > last_id)
@@ -656,14 +664,14 @@ def list_engines(q: str = "", sort: str = "id", per_page: int = DEFAULT_PER_PAGE
     rows = rows[:per_page]
     if not q:
         total, bounded = read(select(engine_stats.c.engines)).scalar(), False
-    elif cursor is None and not more:
+    elif not cursor and not more:
         total, bounded = len(rows), False
     else:
         counted = count_up_to(matches, SEARCH_COUNT_LIMIT + 1)
         total, bounded = min(counted, SEARCH_COUNT_LIMIT), counted > SEARCH_COUNT_LIMIT
     if backwards:
         rows.reverse()
-        next_cursor = encode_cursor(rows[-1], key) if rows else None
+        next_cursor = encode_cursor(rows[-1], key) if rows and cursor else None
         prev_cursor = encode_cursor(rows[0], key) if more else None
     else:
         next_cursor = encode_cursor(rows[-1], key) if more else None
@@ -1328,6 +1336,8 @@ def create_app(test_config: dict | None = None, instance_path=None) -> Flask:
     app.register_blueprint(api, url_prefix="/api")
     csrf.exempt(api)
     app.jinja_env.globals.update(max_thrust=MAX_THRUST, default_per_page=app.config["PER_PAGE"], version=__version__)
+    app.jinja_env.filters["home_relative"] = home_relative
+    app.jinja_env.globals["window_save_url"] = None  # set by show_window: downloads ask where to save
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(ValidationError, handle_validation_error)
     app.register_error_handler(EditConflict, handle_edit_conflict)
@@ -1339,6 +1349,8 @@ def create_app(test_config: dict | None = None, instance_path=None) -> Flask:
     app.before_request(check_origin)
     app.before_request(begin_writes_immediately)
     app.after_request(add_security_headers)
+    app.after_request(count_write)
+    app.extensions["engines_changes"] = ChangeWatch()
     app.cli.add_command(init_db_command)
     app.cli.add_command(seed_command)
     app.cli.add_command(backup_command)
@@ -2151,13 +2163,23 @@ def add_security_headers(response):
 pages = Blueprint("pages", __name__)
 
 
+# A whole number written with thousands separators, as the page shows
+# numbers ("1,200") or as other locales write them: a space, a no-break or
+# narrow no-break space, a thin space. One separator throughout, groups of
+# three ASCII digits: "1,20", "1,2,3" and "1,200 300" are not numbers.
+GROUPED_NUMBER = re.compile(r"[+-]?[0-9]{1,3}([, \u00a0\u2009\u202f])[0-9]{3}(?:\1[0-9]{3})*")
+
+
 def integer_from_text(text: str):
     """A number typed in a form or written in a CSV cell, as validate_engine expects it.
 
-    A whole number becomes an int; anything else stays text, so that
-    validate_engine reports it as not a whole number.
+    A whole number becomes an int, with or without thousands separators
+    ("1,200", "1 200"); anything else stays text, so that validate_engine
+    reports it as not a whole number.
     """
     text = text.strip()
+    if GROUPED_NUMBER.fullmatch(text):
+        text = re.sub(r"[^0-9+-]", "", text)
     digits = text[1:] if text[:1] in "+-" else text
     if digits.isascii() and digits.isdigit() and len(digits) < 20:
         return int(text)
@@ -2168,7 +2190,11 @@ class EngineForm(FlaskForm):
     """The add and edit forms: what the user typed and the errors beside it.
 
     The checks are validate_engine's; the CSRF token of every form post is
-    checked by CSRFProtect before any view runs.
+    checked by CSRFProtect before any view runs. An edit also carries the
+    version it was read at and the values it started from (base_title,
+    base_thrust), so that a change someone else saved meanwhile can be
+    merged field by field (merge_edit); `choosing` names the fields the
+    conflict page asks the user to choose between theirs and yours.
     """
 
     class Meta:
@@ -2177,6 +2203,9 @@ class EngineForm(FlaskForm):
     title = StringField("Title")
     thrust = StringField("Thrust")
     version = HiddenField()  # the version the edit page showed
+    base_title = HiddenField()
+    base_thrust = HiddenField()
+    choosing = HiddenField()
 
     def validated_values(self, editing: bool = False) -> dict | None:
         """The clean values, or None with the errors set on the fields.
@@ -2184,6 +2213,8 @@ class EngineForm(FlaskForm):
         An empty thrust is 0; `editing`, the version the page was read at
         comes along, when the form has one (see validate_engine).
         """
+        unchosen = [name for name in (self.choosing.data or "").split()
+                    if name in EDITED_FIELDS and not getattr(self, name).raw_data]
         data = {"title": self.title.data or ""}
         if (self.thrust.data or "").strip():
             data["thrust"] = integer_from_text(self.thrust.data)
@@ -2192,11 +2223,49 @@ class EngineForm(FlaskForm):
             if (self.version.data or "").strip():
                 data["version"] = integer_from_text(self.version.data)
         try:
-            return validate_engine(data, partial=editing)
+            values = validate_engine(data, partial=editing)
         except ValidationError as exc:
             for name, message in exc.fields.items():
                 getattr(self, name).errors = [message]
-            return None
+            values = None
+        for name in unchosen:
+            getattr(self, name).errors = [f"Choose their {name} or yours."]
+        return None if unchosen else values
+
+    def base_values(self) -> dict:
+        """The values the edit started from, each None where the form does
+        not say it as Engines wrote it."""
+        base = {}
+        for name, check in FIELD_CHECKS.items():
+            field = getattr(self, f"base_{name}")
+            raw = field.data if field.raw_data else None  # not the engine as it is now, which the form starts with
+            try:
+                base[name] = check(raw if name == "title" else integer_from_text(raw or ""))
+            except ValueError:
+                base[name] = None
+        return base
+
+
+EDITED_FIELDS = ("title", "thrust")
+
+
+def merge_edit(base: dict, mine: dict, theirs: Engine) -> tuple[dict, dict]:
+    """Merge my edit with the change someone else saved since I read the
+    engine, field by field, as version control merges: a field only one
+    side changed (from `base`, the values I started from) takes that side's
+    value; a field both changed to different values is a conflict. Returns
+    (merged values, {field: (theirs, mine)} for each conflict). Without a
+    base for a field, every difference in it is a conflict."""
+    merged, conflicts = {}, {}
+    for name in EDITED_FIELDS:
+        now, typed, was = getattr(theirs, name), mine[name], base.get(name)
+        if typed == now or (was is not None and now == was):
+            merged[name] = typed
+        elif was is not None and typed == was:
+            merged[name] = now
+        else:
+            conflicts[name] = (now, typed)
+    return merged, conflicts
 
 
 def safe_next_url(default: str) -> str:
@@ -2211,15 +2280,205 @@ def safe_next_url(default: str) -> str:
     return target if not urlsplit(target).netloc else default
 
 
-def render_list(form: EngineForm, status: int = 200, rejected: ImportRejected | None = None):
-    params = parse_list_args(request.args)  # a ValidationError is a 400 page naming each parameter
+# -- The list page ---------------------------------------------------------------
+
+PAGE_SIZES = (25, 50, 100, 200)  # the page-size menu; any per_page from 1 to MAX_PER_PAGE works
+SORT_CHOICES = (("id", "Oldest first"), ("-id", "Newest first"), ("title", "Title A–Z"), ("-title", "Title Z–A"),
+                ("-thrust", "Thrust, highest first"), ("thrust", "Thrust, lowest first"))
+# A column header's first click: titles A–Z, thrust highest first.
+SORTABLE_COLUMNS = {"title": "title", "thrust": "-thrust"}
+# The gauges turn logarithmic when the strongest engine is more than this
+# many times the weakest one that runs: 0, 1, 440 and 12,000 against
+# 7,600,000 would all look empty on a linear scale.
+LOG_SCALE_RATIO = 100
+PAGE_ARGS = ("from", "new")  # the list page's own parameters, beside the list's (parse_list_args)
+
+
+class ListView(NamedTuple):
+    """What the list page shows, worked out once for the page: the engines,
+    the position of the first ("51" of "51–100 of 100,000", None where it
+    is not known), the links of the pager and the column headers, the
+    engines to highlight (ids `new` from–to), and each engine's gauge (0–1000)
+    on the page's scale."""
+
+    page: EnginePage
+    params: dict
+    position: int | None
+    summary: str
+    title: str
+    links: dict
+    headers: dict
+    new: tuple[int, int]
+    gauges: list[int]
+    scale: str
+    strongest: int
+
+
+def whole_number_arg(name: str, text: str) -> int:
+    if not (text.isascii() and text.isdigit() and len(text) <= 10 and 1 <= int(text) <= MAX_INTEGER):
+        raise ValidationError({name: f"{name} must be a whole number from 1 to {MAX_INTEGER:,}."},
+                              "Bad query parameters.")
+    return int(text)
+
+
+def list_page_args(args) -> tuple[dict, int | None, tuple[int, int]]:
+    """The list page's query: the list's parameters (parse_list_args), and
+    the page's own: `from`, the position of the page's first engine as the
+    page that linked here counted it, and `new`, the id (or ids, `12-40`)
+    of engines just added, which the page highlights."""
+    for name in PAGE_ARGS:
+        if len(args.getlist(name)) > 1:
+            raise ValidationError({name: "Give this parameter once."}, "Bad query parameters.")
+    start = whole_number_arg("from", args["from"]) if "from" in args else None
+    new = (0, -1)
+    if "new" in args:
+        low, _, high = args["new"].partition("-")
+        new = (whole_number_arg("new", low), whole_number_arg("new", high or low))
+    params = parse_list_args(MultiDict([(k, v) for k, v in args.items(multi=True) if k not in PAGE_ARGS]))
+    return params, start, new
+
+
+def page_position(page: EnginePage, params: dict, start: int | None) -> int | None:
+    """Where the page's first engine is in the whole list (1 for the first),
+    or None where that is not known. Exact at either end of the list; in
+    between, pages are keyset pages, which know no position: it is `start`,
+    what the page before counted (this page's link carries it in `from`),
+    which engines added or deleted earlier in the list since then make off
+    by as many. No page counts the engines before it, which reads them."""
+    shown = len(page.engines)
+    exact = not page.total_is_lower_bound
+    if not shown:
+        return None
+    if (params["after"] is None and params["before"] is None) or (
+            params["before"] is not None and page.prev_cursor is None):
+        return 1
+    if page.next_cursor is None and exact:
+        return max(1, page.total - shown + 1)
+    if start is None:
+        return None
+    return max(1, min(start, page.total - shown) if exact else start)
+
+
+def count_text(total: int, bounded: bool) -> str:
+    return f"{total:,}{'+' if bounded else ''}"
+
+
+def list_summary(page: EnginePage, params: dict, position: int | None) -> tuple[str, str]:
+    """The list's heading ("51–100 of 100,000 engines") and the window's title."""
+    shown, q = len(page.engines), params["q"]
+    total = count_text(page.total, page.total_is_lower_bound)
+    what = f"matching “{q}”" if q else "engine" if page.total == 1 else "engines"
+    if not shown:
+        heading = f"No engine’s title contains “{q}”" if q else "No engines yet" if not params["after"] \
+            and params["before"] is None else f"No more engines of {total}"
+    elif position == 1 and shown == page.total and not page.total_is_lower_bound:
+        heading = f"{total} {what}"
+    elif position is not None:
+        heading = f"{position:,}–{position + shown - 1:,} of {total} {what}"
+    else:
+        heading = f"{shown:,} shown of {total} {what}"
+    return heading, f"{heading} · {APP_NAME}"
+
+
+def gauge_scale(strongest: int, weakest: int):
+    """The gauges' value (0–1000) of a thrust, against the strongest engine:
+    linear, or logarithmic where the thrusts span more than LOG_SCALE_RATIO."""
+    if strongest <= 0:
+        return (lambda thrust: 0), "linear"
+    if weakest and strongest > LOG_SCALE_RATIO * weakest:
+        top = math.log1p(strongest)
+        return (lambda thrust: round(1000 * math.log1p(thrust) / top)), "log"
+    return (lambda thrust: round(1000 * thrust / strongest)), "linear"
+
+
+def list_view(params: dict, start: int | None, new: tuple[int, int]) -> ListView:
+    """Read the page and work out what it shows (see ListView)."""
+    page = list_engines(**params)
+    position = page_position(page, params, start)
+    shown, per_page = len(page.engines), params["per_page"]
+    keep = {"q": params["q"] or None, "sort": None if params["sort"] == "id" else params["sort"],
+            "per_page": None if per_page == current_app.config["PER_PAGE"] else per_page}
+    at_start = position == 1 or (params["after"] is None and params["before"] is None)
+
+    def here(**extra):
+        return url_for("pages.index", **keep, **extra)
+
+    links = {
+        "first": None if at_start else here(),
+        "prev": here(before=page.prev_cursor, **({"from": max(1, position - per_page)} if position else {}))
+        if page.prev_cursor and not at_start else None,
+        "next": here(after=page.next_cursor, **({"from": position + shown} if position else {}))
+        if page.next_cursor else None,
+        "last": here(before="") if page.next_cursor else None,
+    }
+    headers = {}
+    for key, first_click in SORTABLE_COLUMNS.items():
+        current = params["sort"]
+        sort = key if current == f"-{key}" else f"-{key}" if current == key else first_click
+        order = "ascending" if current == key else "descending" if current == f"-{key}" else None
+        headers[key] = (url_for("pages.index", **{**keep, "sort": sort}), order)
+    strongest = strongest_thrust()
+    weakest = read(select(func.min(Engine.thrust)).where(Engine.thrust > 0)).scalar() or 0
+    gauge, scale = gauge_scale(strongest, weakest)
+    heading, title = list_summary(page, params, position)
+    gauges = [gauge(row.thrust) for row in page.engines]
+    return ListView(page, params, position, heading, title, links, headers, new, gauges, scale, strongest)
+
+
+def title_marker(q: str):
+    """A function that writes a title as HTML, escaped, with each match of
+    the search `q` in <mark>, finding matches as search does (casefold),
+    e.g. "strasse" in "Straße". Cheap for the ASCII titles most pages show."""
+    if not q:
+        return escape
+    needle = q.casefold()
+
+    def mark(title: str):
+        if title.isascii() and needle.isascii():
+            folded, owner = title.lower(), range(len(title))
+        else:
+            folded, owner = "", []
+            for index, character in enumerate(title):
+                piece = character.casefold()
+                folded += piece
+                owner += [index] * len(piece)
+        spans, at = [], folded.find(needle)
+        while at >= 0 and needle:
+            spans.append((owner[at], owner[at + len(needle) - 1] + 1))
+            at = folded.find(needle, at + len(needle))
+        if not spans:
+            return escape(title)
+        html, done = Markup(), 0
+        for begin, end in spans:
+            if begin >= done:
+                html += Markup("{}<mark>{}</mark>").format(title[done:begin], title[begin:end])
+                done = end
+        return html + title[done:]
+
+    return mark
+
+
+def home_relative(path) -> str:
+    """A path as a person reads it: under the home folder, from ~."""
+    home, path = Path.home(), Path(path)
+    return f"~{os.sep}{path.relative_to(home)}" if path.is_relative_to(home) and path != home else str(path)
+
+
+def render_list(form: EngineForm, status: int = 200, template: str = "index.html"):
+    params, start, new = list_page_args(request.args)  # a ValidationError is a 400 page naming each parameter
+    state = change_tag()  # before reading: a change made meanwhile shows at the page's next poll
+    view = list_view(params, start, new)
     return render_template(
-        "index.html",
+        template,
         form=form,
-        page=list_engines(**params),
+        view=view,
+        page=view.page,
         params=params,
-        strongest=strongest_thrust(),
-        rejected=rejected,
+        mark=title_marker(params["q"]),
+        state=state,
+        page_sizes=sorted({*PAGE_SIZES, params["per_page"]}),
+        sort_choices=SORT_CHOICES,
+        import_problems=session.pop("import_problems", None) if template == "index.html" else None,
         backups=backups_dir() if db.engine.dialect.name == "sqlite" else None,
     ), status
 
@@ -2227,6 +2486,40 @@ def render_list(form: EngineForm, status: int = 200, rejected: ImportRejected | 
 @pages.get("/")
 def index():
     return render_list(EngineForm(formdata=None))
+
+
+@pages.get("/list")
+def list_fragment():
+    """The list part of the page alone (its heading, pagers and rows), which
+    the page fetches to show changes made elsewhere (see engines.js)."""
+    return render_list(EngineForm(formdata=None), template="_list.html")
+
+
+def list_params_of(url: str) -> dict:
+    """The list parameters of a list page's URL (a form's `next`), or the defaults."""
+    try:
+        return parse_list_args(MultiDict(parse_qsl(urlsplit(url).query, keep_blank_values=True)))
+    except ValidationError:
+        return parse_list_args(MultiDict())
+
+
+def landing_url(engine: Engine) -> str:
+    """The list page where a new engine lands, in the order and search the
+    user had (a search it does not match is cleared), with the engine
+    highlighted: the last page when engines are sorted oldest first, the
+    first when newest first, else a page that starts with it."""
+    params = list_params_of(safe_next_url(url_for("pages.index")))
+    q = params["q"] if params["q"].casefold() in engine.title.casefold() else ""
+    key, descending = params["sort"].lstrip("-"), params["sort"].startswith("-")
+    if key == "id":
+        cursor = {} if descending else {"before": ""}
+    else:  # a cursor just before the engine: its sort value, an id one short of it
+        neighbour = SimpleNamespace(id=engine.id + (1 if descending else -1), title=engine.title,
+                                    thrust=engine.thrust)
+        cursor = {"after": encode_cursor(neighbour, key)}
+    return url_for("pages.index", q=q or None, sort=None if params["sort"] == "id" else params["sort"],
+                   per_page=None if params["per_page"] == current_app.config["PER_PAGE"] else params["per_page"],
+                   **cursor, new=engine.id, _anchor=f"engine-{engine.id}")
 
 
 @pages.post("/engines")
@@ -2237,7 +2530,7 @@ def create_engine():
         return render_list(form, status=400)
     engine = add_engine(values)
     flash(f"Added “{engine.title}”.", "success")
-    return redirect(url_for("pages.index"))
+    return redirect(landing_url(engine))
 
 
 def get_engine_or_404(engine_id: int) -> Engine:
@@ -2306,39 +2599,63 @@ def commit_engine_change(engine_id: int) -> None:
 def edit_engine(engine_id: int):
     engine = get_engine_or_404(engine_id)
     back = safe_next_url(url_for("pages.index"))
-    form = EngineForm(data={"title": engine.title, "thrust": str(engine.thrust), "version": str(engine.version)})
-    status, theirs = 200, None
+    read = {"title": engine.title, "thrust": f"{engine.thrust:,}", "version": str(engine.version),
+            "base_title": engine.title, "base_thrust": str(engine.thrust)}
+    form = EngineForm(data=read)
+    status, conflicts, merged_note = 200, {}, ""
     if request.method == "POST":
         values = form.validated_values(editing=True)
         status = 400
         if values is not None:
-            try:
-                check_expected_version(engine, values.pop("version", None))
-                engine.title = values["title"]
-                engine.thrust = values["thrust"]
-                commit_engine_change(engine_id)
-            except EditConflict as conflict:
-                # Show both; saving again now replaces theirs, knowingly.
-                theirs, status = conflict.engine, 409
-                form.version.data = str(theirs.version)
-            else:
-                flash(f"Saved “{engine.title}”.", "success")
-                return redirect(back)
-    return render_template("edit.html", form=form, engine=engine, theirs=theirs, back=back), status
+            expected = values.pop("version", None)
+            if expected is not None and expected != engine.version:
+                values, conflicts = merge_edit(form.base_values(), values, engine)
+                kept = [name for name in EDITED_FIELDS
+                        if name not in conflicts and values[name] == getattr(engine, name) != form.base_values()[name]]
+                merged_note = f" Their change of {' and '.join(kept)} is kept." if kept else ""
+            if not conflicts:
+                try:
+                    engine.title, engine.thrust = values["title"], values["thrust"]
+                    commit_engine_change(engine_id)
+                except EditConflict as conflict:  # saved by someone else between our read and our write
+                    engine = conflict.engine
+                    values, conflicts = merge_edit(form.base_values(), values, engine)
+                    conflicts = conflicts or {name: (getattr(engine, name), values[name]) for name in EDITED_FIELDS}
+                else:
+                    flash(f"Saved “{engine.title}”.{merged_note}", "success")
+                    return redirect(back)
+            # Both changed some field: the form starts again from what is
+            # saved now, with a choice of theirs or mine for each such field.
+            status = 409
+            form.version.data, form.choosing.data = str(engine.version), " ".join(conflicts)
+            form.base_title.data, form.base_thrust.data = engine.title, str(engine.thrust)
+            for name, value in values.items():
+                if name not in conflicts:
+                    getattr(form, name).data = f"{value:,}" if name == "thrust" else value
+    return render_template("edit.html", form=form, engine=engine, conflicts=conflicts, back=back), status
 
 
 @pages.post("/engines/<int:engine_id>/thrust")
 def set_thrust(engine_id: int):
+    """The thrust box of a list row. The page's script asks for JSON
+    (Accept: application/json) and stays where it is; without it, a form
+    post that returns to the list with a message."""
+    as_json = request.accept_mimetypes.best == "application/json"
     engine = get_engine_or_404(engine_id)
     back = safe_next_url(url_for("pages.index"))
     value = integer_from_text(request.form.get("thrust", ""))
     try:
         engine.thrust = validate_engine({"thrust": value}, partial=True)["thrust"]
     except ValidationError as exc:
+        if as_json:
+            return {"error": exc.fields["thrust"], "fields": exc.fields}, 400
         flash(f"“{engine.title}”: {exc.fields['thrust']}", "error")
         return redirect(back)
     commit_engine_change(engine_id)
-    flash(f"“{engine.title}” thrust set to {engine.thrust:,}.", "success")
+    message = f"“{engine.title}” thrust set to {engine.thrust:,}."
+    if as_json:
+        return {**engine.to_json(), "shown": f"{engine.thrust:,}", "message": message}
+    flash(message, "success")
     return redirect(back)
 
 
@@ -2358,6 +2675,9 @@ def delete_engine(engine_id: int):
 @pages.post("/import")
 @csrf.exempt
 def import_file():
+    """Import an uploaded file, then redirect (Post/Redirect/Get, so that a
+    reload does not post the file again): to the imported engines,
+    highlighted, or to the list with the problems at the top."""
     # An upload may be far larger than the form limit: raise the limit before
     # anything reads the body, then check the CSRF token here (CSRFProtect
     # would have read the body first, under the small limit).
@@ -2368,13 +2688,25 @@ def import_file():
         flash("Choose a CSV or JSON file to import.", "error")
         return redirect(url_for("pages.index"))
     name = echo_safe(upload.filename, 100)
+    begin_write()
+    highest_before = db.session.scalar(select(func.max(Engine.id))) or 0
+    total_before = db.session.scalar(select(engine_stats.c.engines))
     try:
         count = import_engines(upload.stream)
     except ImportRejected as rejected:
-        flash(f"Nothing was imported from “{name}”: the problems are listed under Import, below.", "error")
-        return render_list(EngineForm(formdata=None), status=400, rejected=rejected)
+        flash(f"Nothing was imported from “{name}”.", "error")
+        session["import_problems"] = [rejected.summary, *rejected.errors]
+        return redirect(url_for("pages.index"))
     flash(f"Imported {count:,} engine{'' if count == 1 else 's'} from “{name}”.", "success")
-    return redirect(url_for("pages.index"))
+    highest = db.session.scalar(select(func.max(Engine.id))) or 0
+    if not count or highest <= highest_before:  # only ids below the others: they are all over the list
+        return redirect(url_for("pages.index"))
+    # Sorted by id, the imported engines given new ids (or ids above every
+    # other) follow the engine that was last: show them from there.
+    after = encode_cursor(SimpleNamespace(id=highest_before), "id") if highest_before else None
+    position = {"from": total_before + 1} if highest - highest_before == count else {}
+    return redirect(url_for("pages.index", after=after, **position, new=f"{highest_before + 1}-{highest}",
+                            _anchor=f"engine-{highest_before + 1}"))
 
 
 @pages.post("/backup")
@@ -2386,6 +2718,49 @@ def back_up_page():
     else:
         flash(f"Backed up to {path}", "success")
     return redirect(url_for("pages.index"))
+
+
+@pages.post("/window/save")
+def save_download():
+    """In Engines' own window only: save an export or a backup where the
+    person chooses in the system's Save dialog, and say where it went. (A
+    download in the window would otherwise land in a folder unasked.) The
+    page's script posts the link's address here; pywebview's own bridge to
+    Python needs eval(), which the Content-Security-Policy forbids."""
+    window = current_app.extensions.get("engines_window")
+    if window is None:
+        abort(404, description="Saving with a dialog is for Engines' own window.")
+    href = request.form.get("href", "")
+    downloads = {url_for("api.api_export", fmt="csv"): "csv", url_for("api.api_export", fmt="json"): "json",
+                 url_for("api.api_backup"): "backup"}
+    if href not in downloads:
+        raise ValidationError({"href": "Not a download of this page."})
+    kind = downloads[href]
+    # A post begins as a write: let the other writers in while the dialog is open.
+    db.session.rollback()
+    if kind == "backup" and sqlite_file() is None:
+        return {"error": True, "message": PG_BACKUP_ADVICE}
+    name = backup_name(f"rev{current_revision()}") if kind == "backup" else \
+        f"engines-{utcnow().strftime(FILE_TIME)}.{kind}"
+    folder = next((str(f) for f in (Path(user_downloads_dir()), Path.home()) if f.is_dir()), "")
+    chosen = window.create_file_dialog(FILE_DIALOG_SAVE, directory=folder, save_filename=name)
+    if not chosen:
+        return {"error": False, "message": "Nothing was saved."}
+    target = Path(chosen if isinstance(chosen, str) else chosen[0])
+    partial = target.with_name(f".{target.name}.part")
+    try:
+        if kind == "backup":
+            partial.unlink(missing_ok=True)
+            snapshot_database(partial)
+        else:
+            with partial.open("w", encoding="utf-8", newline="") as file:
+                file.writelines(export_chunks(kind))
+        os.replace(partial, target)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        return {"error": True, "message": f"Nothing was saved: {one_line(exc)}"}
+    what = "a backup" if kind == "backup" else f"every engine as {kind.upper()}"
+    return {"error": False, "message": f"Saved {what} to {home_relative(target)}."}
 
 
 # ---------------------------------------------------------------------------
@@ -2451,6 +2826,79 @@ def expected_version(from_body: int | None) -> int | None:
 @api.get("/health")
 def health():
     return {"status": "ok", "version": __version__}
+
+
+class ChangeWatch:
+    """A tag that changes whenever the database may have changed, worked
+    out without reading any engine, for the page to ask cheaply and often
+    whether it shows what is saved (GET /api/state, answered 304 while
+    nothing changed).
+
+    On SQLite, `PRAGMA data_version` of a connection kept for this alone
+    changes whenever any other connection commits: Engines' own, another
+    Engines, the sqlite3 shell. On PostgreSQL, the engine table's counts of
+    inserted, updated and deleted rows in its statistics, which the server
+    gathers from every client within a second or so of a commit; Engines'
+    own writes also count themselves (`writes`), so that they show at once.
+    A tag starts with a number drawn at start, so no tag of an earlier run
+    is taken for one of this run.
+    """
+
+    def __init__(self):
+        self.start = secrets.token_hex(4)
+        self.writes = 0
+        self.lock = threading.Lock()
+        self.watcher: sqlite3.Connection | None = None
+
+    def note_write(self) -> None:
+        with self.lock:
+            self.writes += 1
+
+    def tag(self) -> str:
+        with self.lock:
+            return f"{self.start}-{self.writes}-{self.database_version()}"
+
+    def database_version(self) -> int:
+        path = sqlite_file()
+        if path is not None:
+            if self.watcher is None:
+                self.watcher = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            return self.watcher.execute("PRAGMA data_version").fetchone()[0]
+        if db.engine.dialect.name == "postgresql":
+            return db.session.scalar(text(
+                "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_user_tables "
+                "WHERE relname = 'engine' AND schemaname = current_schema()"))
+        return 0
+
+    def close(self) -> None:
+        with self.lock:
+            if self.watcher is not None:
+                self.watcher.close()
+                self.watcher = None
+
+
+def change_tag() -> str:
+    """The current tag of the app's ChangeWatch."""
+    return current_app.extensions["engines_changes"].tag()
+
+
+def count_write(response):
+    """After a write that was made (2xx, 3xx), tell the ChangeWatch."""
+    if request.method in WRITE_METHODS and response.status_code < 400:
+        current_app.extensions["engines_changes"].note_write()
+    return response
+
+
+@api.get("/state")
+def api_state():
+    """`{"state": tag}` with the tag as ETag: the page asks with
+    If-None-Match every second and gets 304, with no engine read, until
+    something changed (see ChangeWatch)."""
+    tag = change_tag()
+    response = jsonify(state=tag)
+    response.set_etag(tag)
+    response.headers["Cache-Control"] = "no-cache"
+    return response.make_conditional(request)
 
 
 @api.get("/engines")
@@ -2880,6 +3328,7 @@ def finish_requests_and_close_database(app: Flask, server) -> None:
     connection to a SQLite database in WAL mode checkpoints the WAL into the
     database file.)"""
     server.task_dispatcher.shutdown(timeout=5)
+    app.extensions["engines_changes"].close()
     with app.app_context():
         db.engine.dispose()
 
@@ -2952,6 +3401,85 @@ def name_the_window_for_the_desktop() -> None:
     Gdk.set_program_class(APP_ID)
 
 
+def saved_window_place(instance_dir: Path) -> dict:
+    """The size and place the window had when it was last closed
+    (<instance>/window.json), as create_window takes them; the defaults
+    when there is none, or it is not what Engines wrote."""
+    place = {"width": WINDOW_SIZE[0], "height": WINDOW_SIZE[1]}
+    try:
+        saved = json.loads((instance_dir / WINDOW_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return place
+    if not isinstance(saved, dict):
+        return place
+    sizes = [saved.get(name) for name in ("width", "height")]
+    if all(type(size) is int and low <= size <= 20_000 for size, low in zip(sizes, WINDOW_MIN_SIZE, strict=True)):
+        place.update(width=sizes[0], height=sizes[1])
+    corner = [saved.get(name) for name in ("x", "y")]
+    if all(type(value) is int and -20_000 <= value <= 20_000 for value in corner):
+        place.update(x=corner[0], y=corner[1])
+    return place
+
+
+def remember_window_place(window, instance_dir: Path, place: dict) -> None:
+    """Follow the window's size and place as it is resized and moved, and
+    write them to <instance>/window.json when it closes."""
+    def resized(width, height):
+        place.update(width=width, height=height)
+
+    def moved(x, y):
+        place.update(x=x, y=y)
+
+    def closing():
+        with suppress(OSError):
+            (instance_dir / WINDOW_STATE).write_text(json.dumps(place), encoding="utf-8")
+
+    window.events.resized += resized
+    window.events.moved += moved
+    window.events.closing += closing
+
+
+def on_screen(place: dict, screens) -> dict:
+    """The place without its corner if that corner is on none of the screens
+    (a screen unplugged since): the window manager then places the window."""
+    if "x" in place and screens and not any(
+            screen.x <= place["x"] < screen.x + screen.width and screen.y <= place["y"] < screen.y + screen.height
+            for screen in screens):
+        return {name: value for name, value in place.items() if name not in ("x", "y")}
+    return place
+
+
+def follow_the_desktop_theme() -> None:
+    """Dark or light as the desktop is. A GTK 3 window does not follow the
+    desktop's style setting by itself (GNOME's org.gnome.desktop.interface
+    color-scheme, which libadwaita apps follow): read it, and follow its
+    changes, into GTK's gtk-application-prefer-dark-theme, from which
+    WebKitGTK tells the page prefers-color-scheme. A dark GTK theme
+    (GTK_THEME=Adwaita:dark) works without this."""
+    if sys.platform in ("win32", "darwin"):
+        return  # WebView2 and WKWebView follow the system themselves
+    try:
+        from gi.repository import Gio, Gtk
+    except ImportError:
+        return
+    source = Gio.SettingsSchemaSource.get_default()
+    schema = source.lookup("org.gnome.desktop.interface", True) if source else None
+    if schema is None or not schema.has_key("color-scheme"):
+        return
+    interface = Gio.Settings.new("org.gnome.desktop.interface")
+
+    def follow(*_):
+        Gtk.Settings.get_default().props.gtk_application_prefer_dark_theme = \
+            interface.get_string("color-scheme") == "prefer-dark"
+
+    follow()
+    interface.connect("changed::color-scheme", follow)
+    DESKTOP_SETTINGS.append(interface)  # kept, so that its signal keeps coming
+
+
+DESKTOP_SETTINGS: list = []
+
+
 def open_window(app: Flask, server) -> int:
     """Show the app in a native window until the window is closed (or Ctrl-C
     or SIGTERM), then stop cleanly; returns the exit code. Where no window
@@ -2978,12 +3506,17 @@ def show_window(app: Flask, server) -> None:
     from waitress import wasyncore
 
     name_the_window_for_the_desktop()
+    follow_the_desktop_theme()
 
     url = server_url(app, server)
-    window = webview.create_window(
-        APP_NAME, url, width=WINDOW_SIZE[0], height=WINDOW_SIZE[1], min_size=WINDOW_MIN_SIZE,
-        text_select=True, zoomable=True,
-    )
+    instance_dir = Path(app.instance_path)
+    place = saved_window_place(instance_dir)
+    with suppress(Exception):  # where the backend cannot list the screens yet, the place stands
+        place = on_screen(place, webview.screens)
+    window = webview.create_window(APP_NAME, url, **place, min_size=WINDOW_MIN_SIZE, text_select=True, zoomable=True)
+    remember_window_place(window, instance_dir, place)
+    app.extensions["engines_window"] = window
+    app.jinja_env.globals["window_save_url"] = url_for_window_save(app)
     served = threading.Event()
 
     def serve_while_the_window_is_open():  # pywebview runs it once the GUI is up
@@ -3013,6 +3546,11 @@ def show_window(app: Flask, server) -> None:
     server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
     served.wait(timeout=10)
     finish_requests_and_close_database(app, server)
+
+
+def url_for_window_save(app: Flask) -> str:
+    with app.test_request_context():
+        return url_for("pages.save_download")
 
 
 def restore_the_library_path() -> None:

@@ -551,3 +551,29 @@ def test_a_title_another_program_wrote_still_makes_a_page_cursor(client, app, ti
     second = client.get(first["next"])
     assert second.status_code == 200
     assert sorted(e["id"] for e in first["engines"] + second.get_json()["engines"]) == [1, 2]
+
+
+# -- the page's poll: has anything changed? ---------------------------------------------------
+
+def test_the_state_tag_is_a_304_until_any_write_from_anywhere_changes_it(client, app):
+    first = client.get("/api/state")
+    tag = first.headers["ETag"]
+    assert first.status_code == 200 and first.get_json() == {"state": tag.strip('"')}
+    assert first.headers["Cache-Control"] == "no-cache"
+    assert client.get("/api/state", headers={"If-None-Match": tag}).status_code == 304
+    client.get("/api/engines")  # reading changes nothing
+    assert client.get("/api/state", headers={"If-None-Match": tag}).status_code == 304
+    client.post("/api/engines", json={"title": "Main"})  # Engines' own write
+    after_ours = client.get("/api/state", headers={"If-None-Match": tag})
+    assert after_ours.status_code == 200
+    tag = after_ours.headers["ETag"]
+    with closing(sqlite3.connect(Path(app.instance_path) / "engines.sqlite3")) as shell:  # another program's
+        shell.execute("UPDATE engine SET thrust = 5 WHERE id = 1")
+        shell.commit()
+    assert client.get("/api/state", headers={"If-None-Match": tag}).status_code == 200
+
+
+def test_a_state_tag_of_an_earlier_run_is_not_taken_for_this_one(client, app, instance_dir):
+    tag = client.get("/api/state").headers["ETag"]
+    later = engines.create_app({"TESTING": True}, instance_path=instance_dir)
+    assert later.test_client().get("/api/state", headers={"If-None-Match": tag}).status_code == 200

@@ -103,7 +103,7 @@ def test_quick_thrust_that_is_bad_says_why_and_changes_nothing(client, app):
 def test_delete_asks_first_then_deletes(client, app):
     add_engines(app, [{"title": "Main", "thrust": 1}, {"title": "Spare", "thrust": 2}])
     page = client.get("/engines/1/delete").get_data(as_text=True)
-    assert "Delete “Main”?" in page and "cannot be undone" in page
+    assert "Delete “<bdi>Main</bdi>”?" in page and "cannot be undone" in page
     assert len(all_engines(app)) == 2
     response = form_post(client, "/engines/1/delete", {}, follow_redirects=True)
     assert "Deleted “Main”." in response.get_data(as_text=True)
@@ -152,7 +152,7 @@ def test_search_sort_and_pages_in_the_list(client, app):
     next_link = re.search(r'href="([^"]+)" rel="next"', page).group(1).replace("&amp;", "&")
     second = client.get(next_link).get_data(as_text=True)
     assert "Engine 069" in second and "Engine 119" not in second
-    assert "« First" in second
+    assert ">First page</a>" in second
     prev_link = re.search(r'href="([^"]+)" rel="prev"', second).group(1).replace("&amp;", "&")
     rows = lambda html: re.findall(r'<tr id="engine-(\d+)"', html)  # noqa: E731
     assert rows(client.get(prev_link).get_data(as_text=True)) == rows(page)
@@ -216,27 +216,52 @@ def test_the_edit_page_carries_the_version_it_shows(client, app):
     assert hidden_version(client.get("/engines/1/edit").get_data(as_text=True)) == "2"
 
 
-def test_an_edit_of_a_changed_engine_shows_both_and_replaces_theirs_only_when_saved_again(client, app):
-    add_engines(app, [{"title": "Main", "thrust": 1}])
-    version = hidden_version(client.get("/engines/1/edit").get_data(as_text=True))
-    # Meanwhile, someone else renames it and sets its thrust.
-    client.patch("/api/engines/1", json={"title": "Theirs", "thrust": 7000})
+def edit_form(page: str) -> dict:
+    """The hidden fields of an edit page's form, as a browser would post them."""
+    fields = "version|base_title|base_thrust|choosing|next"
+    return dict(re.findall(rf'<input type="hidden" name="({fields})" value="([^"]*)">', page))
 
-    response = form_post(client, "/engines/1/edit", {"title": "Mine", "thrust": "1", "version": version})
+
+def test_an_edit_merges_by_itself_a_field_only_someone_else_changed(client, app):
+    add_engines(app, [{"title": "Main", "thrust": 1}])
+    form = edit_form(client.get("/engines/1/edit").get_data(as_text=True))
+    assert form == {"next": "/", "version": "1", "base_title": "Main", "base_thrust": "1"}
+    client.patch("/api/engines/1", json={"thrust": 7000})  # they change the thrust; I change only the title
+    response = form_post(client, "/engines/1/edit", {**form, "title": "Mine", "thrust": "1"}, follow_redirects=True)
+    assert "Saved “Mine”. Their change of thrust is kept." in response.get_data(as_text=True)
+    assert all_engines(app) == [(1, "Mine", 7000)]
+
+
+def test_a_field_both_changed_is_a_choice_of_theirs_or_mine_and_nothing_is_saved_until_chosen(client, app):
+    add_engines(app, [{"title": "Main", "thrust": 1}])
+    form = edit_form(client.get("/engines/1/edit").get_data(as_text=True))
+    client.patch("/api/engines/1", json={"title": "Theirs", "thrust": 7000})
+    response = form_post(client, "/engines/1/edit", {**form, "title": "Mine", "thrust": "1"})
     assert response.status_code == 409
     page = response.get_data(as_text=True)
     assert "Someone else changed this engine while you were editing it." in page
-    rows = re.findall(r'<tr( class="changed")?><th scope="row">(\w+)</th><td[^>]*>([^<]*)</td><td[^>]*>([^<]*)</td>',
-                      page)
-    assert rows == [(' class="changed"', "Title", "Theirs", "Mine"), (' class="changed"', "Thrust", "7,000", "1")]
-    assert 'value="Mine"' in page  # what I typed is kept
-    assert hidden_version(page) == "2"
+    assert 'value="Theirs" id="title-theirs" autofocus>' in page and 'value="Mine" id="title-mine">' in page
+    assert 'id="thrust" name="thrust" type="text" value="7,000"' in page  # only they changed it: theirs
+    again = edit_form(page)
+    assert again == {"next": "/", "version": "2", "base_title": "Theirs", "base_thrust": "7000", "choosing": "title"}
     assert all_engines(app) == [(1, "Theirs", 7000)]
 
-    response = form_post(client, "/engines/1/edit", {"title": "Mine", "thrust": "1", "version": "2"},
+    unchosen = form_post(client, "/engines/1/edit", {**again, "thrust": "7,000"})
+    assert unchosen.status_code == 400
+    assert '<p class="error" id="title-error">Choose their title or yours.</p>' in unchosen.get_data(as_text=True)
+    response = form_post(client, "/engines/1/edit", {**again, "title": "Mine", "thrust": "7,000"},
                          follow_redirects=True)
     assert "Saved “Mine”." in response.get_data(as_text=True)
-    assert all_engines(app) == [(1, "Mine", 1)]
+    assert all_engines(app) == [(1, "Mine", 7000)]
+
+
+def test_an_edit_without_the_values_it_started_from_asks_about_every_field_that_differs(client, app):
+    add_engines(app, [{"title": "Main", "thrust": 1}])
+    client.patch("/api/engines/1", json={"title": "Theirs", "thrust": 7000})
+    response = form_post(client, "/engines/1/edit", {"title": "Mine", "thrust": "7000", "version": "1"})
+    assert response.status_code == 409
+    assert edit_form(response.get_data(as_text=True))["choosing"] == "title"
+    assert all_engines(app) == [(1, "Theirs", 7000)]
 
 
 def test_an_edit_form_with_a_broken_version_says_to_reload_and_changes_nothing(client, app):
@@ -264,3 +289,131 @@ def test_page_links_keep_a_page_size_that_differs_from_the_configured_one(tmp_pa
     assert "per_page=50" in next_link
     page = client.get("/").get_data(as_text=True)
     assert "per_page" not in re.search(r'href="([^"]+)" rel="next"', page).group(1)
+
+
+def heading(html: str) -> str:
+    return re.search(r'<h2 id="list-heading">([^<]*)</h2>', html).group(1)
+
+
+def link(html: str, name: str) -> str:
+    return re.search(rf'<a href="([^"]+)"[^>]* id="{name}-top"', html).group(1).replace("&amp;", "&")
+
+
+def test_each_page_says_where_it_is_in_the_list_and_the_tab_says_it_too(client, app):
+    add_engines(app, [{"title": f"Engine {i:03d}", "thrust": i} for i in range(1, 121)])
+    first = client.get("/").get_data(as_text=True)
+    assert heading(first) == "1–50 of 120 engines"
+    assert "<title>1–50 of 120 engines · Engines</title>" in first
+    assert '<span class="first inactive">First page</span>' in first and 'id="last-top"' in first
+    second = client.get(link(first, "next")).get_data(as_text=True)
+    assert heading(second) == "51–100 of 120 engines"
+    last = client.get(link(second, "last")).get_data(as_text=True)
+    assert heading(last) == "71–120 of 120 engines"  # the last 50, counted from the end
+    assert '<span class="last inactive">Last page</span>' in last
+    back = client.get(link(last, "prev")).get_data(as_text=True)
+    assert heading(back) == "21–70 of 120 engines"
+    assert heading(client.get(link(back, "first")).get_data(as_text=True)) == "1–50 of 120 engines"
+    # Two pagers, at the top and the bottom, each with its own name.
+    assert 'aria-label="Pages, top"' in first and 'aria-label="Pages, bottom"' in first
+
+
+def test_a_position_is_exact_at_either_end_and_kept_by_the_link_in_between(client, app):
+    add_engines(app, [{"title": f"Engine {i:03d}", "thrust": i} for i in range(1, 121)])
+    second = client.get(link(client.get("/").get_data(as_text=True), "next")).get_data(as_text=True)
+    add_engines(app, [{"title": "Added meanwhile", "thrust": 0}])
+    # Added at the end: the page in the middle keeps its numbers, the end counts it.
+    assert heading(client.get(link(second, "next")).get_data(as_text=True)) == "101–121 of 121 engines"
+    without_position = re.sub(r"&from=\d+", "", link(second, "next")).replace("after", "after", 1)
+    middle = client.get(without_position.replace("per_page", "per_page").replace("&from", "")).get_data(as_text=True)
+    assert heading(middle) == "101–121 of 121 engines"
+    cursor_only = client.get("/?per_page=10&" + link(second, "next").split("?", 1)[1].split("&from")[0])
+    assert heading(cursor_only.get_data(as_text=True)) == "10 shown of 121 engines"
+
+
+def test_the_page_size_menu_and_the_column_headers_sort_and_size_the_list(client, app):
+    add_engines(app, [{"title": t, "thrust": n} for t, n in [("beta", 5), ("Alpha", 50), ("gamma", 1)]])
+    page = client.get("/?per_page=2").get_data(as_text=True)
+    assert heading(page) == "1–2 of 3 engines"
+    assert '<option value="2" selected>2 a page</option>' in page
+    by_title = re.search(r'<a href="([^"]+)" id="sort-title"', page).group(1).replace("&amp;", "&")
+    assert by_title == "/?sort=title&per_page=2"
+    sorted_page = client.get(by_title).get_data(as_text=True)
+    assert 'aria-sort="ascending"' in sorted_page
+    assert re.findall(r'<tr id="engine-(\d+)"', sorted_page) == ["2", "1"]
+    again = re.search(r'<a href="([^"]+)" id="sort-title"', sorted_page).group(1).replace("&amp;", "&")
+    assert again == "/?sort=-title&per_page=2"
+    thrust_first = re.search(r'<a href="([^"]+)" id="sort-thrust"', page).group(1).replace("&amp;", "&")
+    assert thrust_first == "/?sort=-thrust&per_page=2"  # the strongest first
+
+
+@pytest.mark.parametrize("typed, stored", [
+    ("1,200", 1200), ("1 200", 1200), ("1\u00a0200", 1200), ("1\u202f200", 1200), ("1\u2009200", 1200),
+    ("12,345,678", 12_345_678), (" 2,147,483,647 ", 2_147_483_647), ("+1,000", 1000),
+])
+def test_a_thrust_may_be_typed_as_the_list_shows_it(client, app, typed, stored):
+    assert form_post(client, "/engines", {"title": "Main", "thrust": typed}).status_code == 302
+    assert all_engines(app) == [(1, "Main", stored)]
+    assert form_post(client, "/engines/1/thrust", {"thrust": typed}).status_code == 302
+    assert form_post(client, "/engines/1/edit", {"title": "Main", "thrust": typed}).status_code == 302
+    assert all_engines(app) == [(1, "Main", stored)]
+
+
+@pytest.mark.parametrize("typed", ["1,2,3", "1,20", "١٢", "1,200 300", "1.200", ",200", "1200,", "1,,200", "1_200"])
+def test_a_thrust_with_separators_in_the_wrong_places_is_a_400_naming_the_field(client, app, typed):
+    response = form_post(client, "/engines", {"title": "Main", "thrust": typed})
+    assert response.status_code == 400
+    assert '<p class="error" id="thrust-error">Thrust must be a whole number.</p>' in response.get_data(as_text=True)
+    response = client.post("/engines/1/thrust", data={"csrf_token": csrf_token(client), "thrust": typed},
+                           headers={"Accept": "application/json"})
+    assert response.status_code in (400, 404)
+    assert all_engines(app) == []
+
+
+def test_an_import_reads_thousands_separators_in_number_cells(client, app):
+    with app.app_context():
+        assert engines.import_engines(__import__("io").BytesIO(b'title,thrust\nMain,"1,200"\nSpare,1 500\n')) == 2
+    assert all_engines(app) == [(1, "Main", 1200), (2, "Spare", 1500)]
+
+
+def test_the_thrust_box_answers_the_page_s_script_in_json(client, app):
+    add_engines(app, [{"title": "Main", "thrust": 1}])
+    token = csrf_token(client)
+    saved = client.post("/engines/1/thrust", data={"csrf_token": token, "thrust": "7,500"},
+                        headers={"Accept": "application/json"})
+    assert saved.status_code == 200
+    assert (saved.get_json()["thrust"], saved.get_json()["shown"]) == (7500, "7,500")
+    bad = client.post("/engines/1/thrust", data={"csrf_token": token, "thrust": "-1"},
+                      headers={"Accept": "application/json"})
+    assert bad.status_code == 400
+    assert bad.get_json()["fields"] == {"thrust": "Thrust must be between 0 and 2,147,483,647."}
+
+
+def test_search_matches_are_marked_in_titles_ignoring_case_as_search_does(client, app):
+    add_engines(app, [{"title": "Straße 9", "thrust": 1}, {"title": "MAIN main", "thrust": 2},
+                      {"title": "<b>x</b>", "thrust": 3}])
+    assert ">Stra<mark>ße</mark> 9</a>" in client.get("/?q=SSE").get_data(as_text=True)
+    assert "><mark>MAIN</mark> <mark>main</mark></a>" in client.get("/?q=main").get_data(as_text=True)
+    assert ">&lt;<mark>b&gt;</mark>x&lt;/<mark>b&gt;</mark></a>" in client.get("/?q=b>").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("sort, shown", [
+    ("id", "/?before=&new=121#engine-121"),
+    ("-id", "/?sort=-id&new=121#engine-121"),
+    ("title", "/?sort=title&after={cursor}&new=121#engine-121"),
+])
+def test_a_new_engine_is_shown_where_it_lands_highlighted(client, app, sort, shown):
+    add_engines(app, [{"title": f"Engine {i:03d}", "thrust": i} for i in range(1, 121)])
+    response = form_post(client, "/engines", {"title": "Engine 050½", "thrust": "5", "next": f"/?sort={sort}"})
+    cursor = base64.urlsafe_b64encode('["Engine 050½", 120]'.encode()).decode().rstrip("=")
+    assert response.headers["Location"] == shown.format(cursor=cursor)
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert '<tr id="engine-121" class="new">' in page
+    if sort == "id":
+        assert heading(page) == "72–121 of 121 engines"
+    if sort == "title":
+        assert re.findall(r'<tr id="engine-(\d+)"', page)[:2] == ["121", "51"]
+
+
+def test_a_search_the_new_engine_does_not_match_is_cleared(client, app):
+    response = form_post(client, "/engines", {"title": "Main", "next": "/?q=vernier&sort=-id"})
+    assert response.headers["Location"] == "/?sort=-id&new=1#engine-1"

@@ -27,6 +27,18 @@ def upload(client, content: bytes, filename: str = "engines.csv", **kwargs):
                        content_type="multipart/form-data", **kwargs)
 
 
+def rejected(client, response) -> str:
+    """The page a refused import leads to (Post/Redirect/Get: a reload posts
+    nothing again), checking that its problems are at the top, under the
+    message, before the list."""
+    assert response.status_code == 302 and response.headers["Location"] == "/"
+    page = client.get("/").get_data(as_text=True)
+    message = page.index('<p class="message error">Nothing was imported from')
+    assert message < page.index('class="message error problems"') < page.index('id="engines"')
+    assert "message error problems" not in client.get("/").get_data(as_text=True)  # shown once
+    return page
+
+
 def every_engine(client) -> list[dict]:
     return client.get("/api/engines?per_page=500").get_json()["engines"]
 
@@ -118,8 +130,7 @@ def test_an_import_with_one_bad_row_in_10000_writes_nothing_and_names_its_line(c
     problem = "Line 7778, thrust: Thrust must be between 0 and 2,147,483,647."
 
     response = upload(client, content, f"engines.{fmt}")
-    assert response.status_code == 400
-    page = response.get_data(as_text=True)
+    page = rejected(client, response)
     assert "Nothing was imported: 1 row has a problem:" in page
     assert problem in page
     assert all_engines(app) == [(1, "Already here", 1)]
@@ -134,7 +145,7 @@ def test_an_import_with_one_bad_row_in_10000_writes_nothing_and_names_its_line(c
 
 def test_the_first_ten_problems_are_listed_with_how_many_rows_have_them(client, app):
     lines = ["title,thrust"] + [f"Engine {i},{'lots' if i % 3 == 0 else i}" for i in range(60)]
-    page = upload(client, "\n".join(lines).encode()).get_data(as_text=True)
+    page = rejected(client, upload(client, "\n".join(lines).encode()))
     assert "Nothing was imported: 20 rows have problems; the first 10:" in page
     listed = re.findall(r"<li>(Line \d+, thrust: [^<]*)</li>", page)
     assert listed == [f"Line {i + 2}, thrust: Thrust must be a whole number." for i in range(0, 30, 3)]
@@ -190,8 +201,7 @@ def test_the_memory_an_import_takes_does_not_grow_with_its_bad_rows(app, tmp_pat
 def test_rows_that_break_a_rule_refuse_the_file_naming_line_and_reason(client, app, content, problem):
     add_engines(app, [{"title": "First", "thrust": 0}])
     response = upload(client, content)
-    assert response.status_code == 400
-    assert problem in response.get_data(as_text=True)
+    assert problem in rejected(client, response)
     assert all_engines(app) == [(1, "First", 0)]
 
 
@@ -216,8 +226,7 @@ def test_rows_that_break_a_rule_refuse_the_file_naming_line_and_reason(client, a
 ])
 def test_a_file_that_is_not_an_export_is_refused_saying_where(client, app, content, problem):
     response = upload(client, content)
-    assert response.status_code == 400
-    page = response.get_data(as_text=True)
+    page = rejected(client, response)
     assert "Nothing was imported: the file is not an export Engines can read." in page
     assert problem in page
     assert all_engines(app) == []
@@ -314,3 +323,14 @@ def test_an_import_of_100000_engines_finishes_and_the_export_streams_in_little_m
     assert response.is_streamed
     assert sum(chunk.count(b"\n") for chunk in response.iter_encoded()) == 2 + 100_000
     response.close()
+
+
+def test_imported_engines_are_shown_where_they_land_highlighted(client, app):
+    add_engines(app, [{"title": f"Engine {i}", "thrust": i} for i in range(1, 61)])
+    response = upload(client, b"title,thrust\nNew one,1\nNew two,\"2,000\"\n")
+    after = engines.encode_cursor(engines.SimpleNamespace(id=60), "id")
+    assert response.headers["Location"] == f"/?after={after}&from=61&new=61-62#engine-61"
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert '<h2 id="list-heading">61–62 of 62 engines</h2>' in page
+    assert re.findall(r'<tr id="engine-(\d+)" class="new">', page) == ["61", "62"]
+    assert "Imported 2 engines from “engines.csv”." in page

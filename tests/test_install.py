@@ -237,7 +237,7 @@ def test_engines_started_from_its_menu_entry_opens_its_window_with_the_entrys_cl
         assert run.wait() == 0
     finally:
         run.close()
-    assert (seen["loaded"], seen["title"], seen["heading"]) == (True, "Engines", "Add an engine")
+    assert (seen["loaded"], seen["title"], seen["heading"]) == (True, "No engines yet · Engines", "Add an engine")
     assert seen["size"] == "1100x760" and seen["colours"] > 100  # tests/output/installed-window.png
     startup_wm_class = desktop_entry(DESKTOP_FILE)["StartupWMClass"]
     assert f'WM_CLASS(STRING) = "{startup_wm_class}", "{startup_wm_class}"' in seen["properties"]

@@ -100,7 +100,7 @@ def test_the_binary_opens_its_window_by_default_with_the_engines_of_the_last_run
     finally:
         run.close()
     assert seen["loaded"] is True
-    assert seen["title"] == "Engines"
+    assert seen["title"] == "1 engine · Engines"
     assert seen["heading"] == "Add an engine"
     assert seen["listed"] == ["Main"]
     assert seen["size"] == "1100x760"

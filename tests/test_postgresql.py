@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from datetime import UTC, datetime
 
 import psycopg
@@ -108,6 +109,24 @@ def test_crud_and_stale_edits_on_postgresql(pg_app):
     assert client.delete("/api/engines/1", headers={"If-Match": "2"}).status_code == 204
     assert client.post("/api/engines", json={"title": "Spare"}).get_json()["id"] == 2
     assert all_engines(pg_app) == [(2, "Spare", 0)]
+
+
+def test_on_postgresql_the_state_tag_follows_engines_writes_and_another_client_s(pg_app, pg_url):
+    """Engines' own writes change the tag at once; another client's once the
+    server's statistics have it, which PostgreSQL gathers within about a second."""
+    client = pg_app.test_client()
+    tag = client.get("/api/state").headers["ETag"]
+    assert client.get("/api/state", headers={"If-None-Match": tag}).status_code == 304
+    client.post("/api/engines", json={"title": "Main"})
+    tag = client.get("/api/state").headers["ETag"]
+    assert client.get("/api/state", headers={"If-None-Match": tag}).status_code == 304
+    url = make_url(pg_url)
+    with psycopg.connect(host=url.query["host"], user=url.username, dbname=url.database, autocommit=True) as other:
+        other.execute("UPDATE engine SET thrust = 9 WHERE id = 1")
+    deadline = time.monotonic() + 10
+    while client.get("/api/state", headers={"If-None-Match": tag}).status_code == 304:
+        assert time.monotonic() < deadline, "another client's change never showed"
+        time.sleep(0.2)
 
 
 @pytest.mark.parametrize("q, expected", SEARCH_CASES)

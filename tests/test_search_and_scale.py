@@ -203,6 +203,12 @@ REQUESTS = {
     "deep by thrust": ("GET", lambda app: f"/api/engines?sort=-thrust&before={deep_cursor(app, 'thrust')}"),
     "a search, deep by title": ("GET", lambda app: "/api/engines?q=engine&sort=title&after="
                                 + deep_cursor(app, "title")),
+    "the last page": ("GET", lambda app: "/api/engines?before="),
+    "the last page by title, descending": ("GET", lambda app: "/api/engines?sort=-title&before="),
+    "the last page of the page": ("GET", lambda app: "/?sort=thrust&before="),
+    "a page in the middle, with its position": ("GET", lambda app: f"/?after={deep_cursor(app, 'id')}&from=2001"),
+    "the list the page fetches again": ("GET", lambda app: f"/list?sort=-thrust&before={deep_cursor(app, 'thrust')}"),
+    "the page's idle poll": ("GET", lambda app: "/api/state"),
 }
 
 
@@ -263,3 +269,24 @@ def test_after_an_import_what_the_sqlite3_shell_adds_is_indexed_and_counted_agai
     assert added.returncode == 0, added.stderr
     assert searched(client, "shell") == ["Shell"] and searched(client, "imported") == ["Imported"]
     assert client.get("/api/engines").get_json()["total"] == 2
+
+
+def test_the_idle_poll_is_answered_304_reading_no_engine(small_and_large):
+    """The page asks every second: with the tag it has, the answer is a 304
+    and SQLite takes no step at all on the app's connections."""
+    for app in small_and_large:
+        tag = app.test_client().get("/api/state").headers["ETag"]
+        counted = [0]
+
+        def count(dbapi_connection, connection_record, counted=counted):
+            dbapi_connection.set_progress_handler(lambda: counted.__setitem__(0, counted[0] + 1) or 0, 1)
+
+        with app.app_context():
+            engines.db.engine.dispose()
+        event.listen(SqlEngine, "connect", count)
+        try:
+            response = app.test_client().get("/api/state", headers={"If-None-Match": tag})
+        finally:
+            event.remove(SqlEngine, "connect", count)
+        assert response.status_code == 304
+        assert counted[0] == 0

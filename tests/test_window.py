@@ -4,8 +4,10 @@ WINDOW_TEST_SCRIPT setting) through pywebview's run_js."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -20,7 +22,7 @@ import pytest
 import requests
 
 import engines
-from conftest import ROOT, WindowedEngines, add_engines, need_a_window
+from conftest import ROOT, WindowedEngines, add_engines, need, need_a_window
 
 ENGINES = [sys.executable, str(ROOT / "engines.py")]
 
@@ -31,10 +33,10 @@ def windowed(tmp_path, display):
     need_a_window()
     runs = []
 
-    def start(script: str, screenshot: str | None = None) -> WindowedEngines:
+    def start(script: str, screenshot: str | None = None, env: dict | None = None) -> WindowedEngines:
         command = [*ENGINES, "--window", "--port", "0", "--instance", str(tmp_path / "instance")]
         runs.append(WindowedEngines(command, script, display, tmp_path / f"run-{len(runs)}",
-                                    screenshot=screenshot))
+                                    screenshot=screenshot, env=env))
         return runs[-1]
 
     yield start
@@ -66,7 +68,8 @@ def test_the_window_opens_titled_engines_and_shows_the_engines(windowed, tmp_pat
     seen = run.result("seen.json")
     assert run.wait() == 0
     assert seen["loaded"] is True
-    assert seen["title"] == "Engines"
+    assert seen["title"] == "3 engines · Engines"  # the window itself stays titled Engines
+    assert seen["dark"] is False  # a desktop that says nothing of dark is light
     assert seen["heading"] == "Add an engine"
     assert seen["listed"] == ["Main", "Ракета-носитель", "Vernier"]
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", seen["url"])
@@ -113,6 +116,44 @@ def test_closing_the_window_ends_engines_with_exit_code_0_and_leaves_nothing_run
     assert seen["children"]  # WebKit's web and network processes...
     for pid in seen["children"]:
         assert process_ended(pid), f"process {pid} outlived Engines"  # ...ended with it
+
+
+def test_export_asks_where_to_save_f5_reloads_a_script_s_engine_shows_and_the_window_is_remembered(
+        windowed, tmp_path):
+    need(shutil.which("xdotool") is not None, "xdotool is not installed (Debian package xdotool)")
+    run = windowed("save_reload_and_resize.py", screenshot="window-save-dialog.png")
+    done = run.result("done.json", timeout=180)
+    assert run.wait() == 0
+    # Export CSV opened the system's Save dialog; the file is where it was told, and the page says so.
+    assert done["dialog"] is True
+    saved_to = run.workdir / "exported.csv"
+    assert done["message"] == f"Saved every engine as CSV to {saved_to}."
+    assert done["announced"] == done["message"]
+    assert done["saved"].startswith("id,title,thrust,version,updated_at\n")
+    assert done["backup_dialog"] is True
+    assert done["backup_message"] == f"Saved a backup to {run.workdir / 'backup.sqlite3'}."
+    assert done["backup_saved"] == "SQLite format 3\x00"
+    assert done["reloaded"] is True  # F5
+    assert done["live"] is True and done["live_without_reload"] is True
+    place = json.loads((tmp_path / "instance" / "window.json").read_text())
+    assert (place["width"], place["height"], place["x"], place["y"]) == (900, 650, 40, 30)
+
+    again = windowed("look_and_close.py", screenshot="window-remembered.png")
+    seen = again.result("seen.json")
+    assert again.wait() == 0
+    assert seen["size"] == "900x650" and seen["corner"] == [40, 30]
+
+
+def test_the_window_is_dark_when_the_desktop_prefers_dark(windowed, tmp_path):
+    settings = tmp_path / "config" / "glib-2.0" / "settings"
+    settings.mkdir(parents=True)
+    (settings / "keyfile").write_text("[org/gnome/desktop/interface]\ncolor-scheme='prefer-dark'\n")
+    run = windowed("look_and_close.py", screenshot="window-dark.png",
+                   env={"GSETTINGS_BACKEND": "keyfile", "XDG_CONFIG_HOME": str(tmp_path / "config")})
+    seen = run.result("seen.json")
+    assert run.wait() == 0
+    assert seen["dark"] is True
+    assert seen["background"] == "rgb(18, 20, 24)"
 
 
 def test_sigterm_closes_the_window_and_ends_engines_with_exit_code_0(windowed):

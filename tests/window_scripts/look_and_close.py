@@ -95,11 +95,15 @@ try:
     seen["listed"] = read(
         "[...document.querySelectorAll('table.engines td.title')].map(cell => cell.textContent.trim())")
     seen["url"] = window.get_current_url()
+    seen["dark"] = read("matchMedia('(prefers-color-scheme: dark)').matches")
+    seen["background"] = read("getComputedStyle(document.documentElement).backgroundColor")
     seen["children"] = child_processes()
     seen["mapped"] = mapped_files([os.getpid(), *seen["children"]])
     if os.environ.get("WINDOW_TEST_SCREENSHOT"):
         seen["colours"], seen["size"] = screenshot_once_painted(os.environ["WINDOW_TEST_SCREENSHOT"])
         seen["properties"] = window_properties()
+        corner = subprocess.run(["xwininfo", "-id", window_id()], capture_output=True, text=True).stdout
+        seen["corner"] = [int(n) for n in re.findall(r"Absolute upper-left [XY]:\s+(-?\d+)", corner)]
 finally:
     report("seen.json", seen)
     window.destroy()
