@@ -114,8 +114,16 @@ MAX_PER_PAGE = 500
 MAX_NEXT_URL = 2048  # characters of a page to return to after a form
 MAX_CURSOR = 1024  # characters; a cursor Engines makes (a title of 128 and an id) has fewer than 720
 SORT_KEYS = ("id", "title", "thrust")
+# What a history record says of a change (`change`) and where it came from
+# (`source`); "upgrade" is the first record of an engine that existed before
+# Engines kept history (schema revision 5).
+HISTORY_CHANGES = ("create", "update", "delete", "restore", "import", "revert", "upgrade")
+HISTORY_SOURCES = ("page", "api", "cli", "import", "restore", "upgrade")
+MAX_CHANGED_BY = 128
+TOKEN_HOLDER = "token holder"  # who changed an engine through a server that asks for a token
+SPARKLINE_CHANGES = 20  # the recent thrusts a row of the list draws
 SEARCH_COUNT_LIMIT = 1000  # a search counts its matches up to here: beyond, "1,000+"
-SCHEMA_REVISION = "4"  # the newest revision in migrations/versions/, which the model matches
+SCHEMA_REVISION = "5"  # the newest revision in migrations/versions/, which the model matches
 BACKUP_KEEP = 10  # automatic backups kept in <instance>/backups/
 EXPORT_FIELDS = ("id", "title", "thrust", "version", "updated_at")
 EXPORT_BATCH = 1000  # engines read at a time while an export streams
@@ -312,6 +320,45 @@ for statement in SQLITE_SEARCH_DDL:
     event.listen(engine_stats, "after_create", DDL(statement).execute_if(dialect="sqlite"))
 for statement in POSTGRESQL_SEARCH_DDL:
     event.listen(engine_stats, "after_create", DDL(statement).execute_if(dialect="postgresql"))
+
+
+# Every change of an engine, kept: one row per create, update, delete,
+# restore, import and revert, written by record_change() in the transaction
+# of the change itself, so that a row exists if and only if the change
+# committed. No foreign key: a deleted engine keeps its history, which is
+# how it can be restored. What another program changes straight in the
+# database (the sqlite3 shell) writes no row: history has a gap there.
+# `changed_by` is the OS user Engines runs as, "token holder" when a token
+# let the request in, or NULL where nobody knows (the first row an upgrade
+# writes of an existing engine). Versions are not unique per engine: the
+# sqlite3 shell may set an engine's version back, and that must not make
+# the next change fail.
+engine_history = Table(
+    "engine_history", db.metadata,
+    Column("id", Integer, primary_key=True),
+    Column("engine_id", Integer, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("title", String(MAX_TITLE), nullable=False),
+    Column("thrust", Integer, nullable=False),
+    Column("changed_at", UTCDateTime, nullable=False),
+    Column("change", String(16), nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("changed_by", String(MAX_CHANGED_BY)),
+    CheckConstraint(f"engine_id BETWEEN 1 AND {MAX_INTEGER}", name="engine_id"),
+    CheckConstraint(f"version BETWEEN 1 AND {MAX_INTEGER}", name="version"),
+    CheckConstraint(f"length(title) BETWEEN 1 AND {MAX_TITLE}", name="title"),
+    CheckConstraint(f"thrust BETWEEN 0 AND {MAX_THRUST}", name="thrust"),
+    CheckConstraint(f"change IN ({', '.join(repr(kind) for kind in HISTORY_CHANGES)})", name="change"),
+    CheckConstraint(f"source IN ({', '.join(repr(kind) for kind in HISTORY_SOURCES)})", name="source"),
+    CheckConstraint("typeof(title) = 'text' AND typeof(thrust) = 'integer' AND typeof(version) = 'integer'"
+                    " AND typeof(engine_id) = 'integer'", name="types").ddl_if(dialect="sqlite"),
+    CheckConstraint(SQLITE_DATETIME_CHECK.format(column="changed_at"), name="changed_at").ddl_if(dialect="sqlite"),
+    # An engine's history, newest first, and its latest record, read in order;
+    # and the deleted engines, most recently deleted first.
+    Index("engine_history_engine_idx", "engine_id", "id"),
+    Index("engine_history_deleted_idx", "id", sqlite_where=text("change = 'delete'"),
+          postgresql_where=text("change = 'delete'")),
+)
 
 
 class ValidationError(Exception):
@@ -1729,13 +1776,16 @@ def lock_schema(connection) -> None:
         connection.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('engines schema'))")
 
 
-def upgrade_schema(connection, current: str | None) -> list[dict]:
+def upgrade_schema(connection, current: str | None, history_source: str = "upgrade") -> list[dict]:
     """Create the schema (`current` None) or run the revisions after
     `current` up to the newest. Returns the values the revisions changed
-    to bring them within the rules (see migrations/versions/3_…)."""
+    to bring them within the rules (see migrations/versions/3_…).
+    `history_source` is the source of the first history record the upgrade
+    writes of each engine ("restore" when a backup is restored)."""
     from alembic import command
 
     config, script = migrations(connection)
+    config.attributes["history_source"] = history_source
     head = script.get_current_head()
     if current is None:
         db.metadata.create_all(connection)
@@ -1954,7 +2004,7 @@ def restore_database(source: Path) -> tuple[Path, str | None]:
                 current = check_sqlite_file(connection)
                 if current is None:
                     raise UnknownSchema("it has no engine table")
-                adjusted = upgrade_schema(connection, current) if current != SCHEMA_REVISION else []
+                adjusted = upgrade_schema(connection, current, "restore") if current != SCHEMA_REVISION else []
                 check_titles(connection)
             match_page_size(staged_engine)
         except (SQLAlchemyError, sqlite3.Error) as exc:

@@ -103,7 +103,7 @@ def test_a_new_database_is_made_and_stamped_at_the_newest_revision(app, instance
 def test_schema_revision_names_the_newest_of_the_migrations(app):
     with app.app_context(), engines.db.engine.connect() as connection:
         _, script = engines.migrations(connection)
-        assert [s.revision for s in reversed(list(script.walk_revisions()))] == ["1", "2", "3", "4"]
+        assert [s.revision for s in reversed(list(script.walk_revisions()))] == ["1", "2", "3", "4", "5"]
         assert script.get_current_head() == engines.SCHEMA_REVISION
 
 

@@ -40,7 +40,7 @@ def test_a_new_postgresql_database_is_made_at_the_newest_revision(pg_app, pg_url
     with pg_app.app_context():
         assert engines.current_revision() == engines.SCHEMA_REVISION
     described = schema(pg_url)
-    assert described["tables"] == ["alembic_version", "engine", "engine_stats"]
+    assert described["tables"] == ["alembic_version", "engine", "engine_history", "engine_stats"]
     assert [c[0] for c in described["columns"]] == ["id", "title", "thrust", "version", "updated_at", "title_search"]
     assert described["pk"]["name"] == "engine_pkey"
 
