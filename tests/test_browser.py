@@ -95,7 +95,7 @@ def test_delete_asks_for_confirmation_in_the_browser(browser, live_server):
     page = browser.new_page()
     page.goto(live_server.url)
     page.locator("#engine-1").locator("text=Delete").click()
-    assert "cannot be undone" in page.content()
+    assert "restore it later from Recently deleted" in page.content()
     page.click("text=Delete engine")
     assert page.locator(".message").inner_text() == "Deleted “Main”."
     assert requests.get(f"{live_server.url}/api/engines/1", timeout=5).status_code == 404
