@@ -79,6 +79,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    bindparam,
     case,
     cast,
     event,
@@ -170,7 +171,9 @@ NAMING_CONVENTION = {
     "ix": "%(table_name)s_%(column_0_N_name)s_idx",
 }
 
-db = SQLAlchemy(metadata=MetaData(naming_convention=NAMING_CONVENTION))
+# expire_on_commit=False: a write answers with the engine it just wrote, without
+# reading it back in a transaction of its own (the ORM knows its new version).
+db = SQLAlchemy(metadata=MetaData(naming_convention=NAMING_CONVENTION), session_options={"expire_on_commit": False})
 csrf = CSRFProtect()
 
 
@@ -274,6 +277,13 @@ def list_columns() -> tuple:
         updated_at = """to_char(engine.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')"""
     updated_at_text = literal_column(updated_at, String).label("updated_at")
     return Engine.id, Engine.title, Engine.thrust, Engine.version, updated_at_text
+
+
+@functools.cache
+def one_engine_query(dialect: str):
+    """The row of one engine (list_columns()) whose id is the parameter
+    `engine_id`: built once, for the request scripts make most."""
+    return select(*list_columns()).where(Engine.id == bindparam("engine_id"))
 
 
 def engine_json(row) -> dict:
@@ -560,9 +570,15 @@ def search_candidates(q: str):
     return select(engine_fts.c.rowid).where(engine_fts.c.engine_fts.op("MATCH")(query))
 
 
+def read(statement, parameters: dict | None = None):
+    """Run a query on the session's connection as Core does: for reads of
+    rows the ORM's machinery cost more than the query itself."""
+    return db.session.connection().execute(statement, parameters)
+
+
 def count_up_to(query, limit: int) -> int:
     """How many rows `query` has, counting no further than `limit`."""
-    return db.session.scalar(select(func.count()).select_from(query.limit(limit).subquery()))
+    return read(select(func.count()).select_from(query.limit(limit).subquery())).scalar()
 
 
 def encode_cursor(engine: Engine, key: str) -> str:
@@ -690,11 +706,11 @@ def list_engines(q: str = "", sort: str = "id", per_page: int = DEFAULT_PER_PAGE
             else:
                 page = page.where(column >= value, or_(column > value, Engine.id > last_id))
     order = [column.desc(), Engine.id.desc()] if forwards_descending else [column, Engine.id]
-    rows = db.session.execute(page.order_by(*order).limit(per_page + 1)).all()
+    rows = read(page.order_by(*order).limit(per_page + 1)).all()
     more = len(rows) > per_page
     rows = rows[:per_page]
     if not q:
-        total, bounded = db.session.scalar(select(engine_stats.c.engines)), False
+        total, bounded = read(select(engine_stats.c.engines)).scalar(), False
     elif cursor is None and not more:
         total, bounded = len(rows), False
     else:
@@ -713,7 +729,7 @@ def list_engines(q: str = "", sort: str = "id", per_page: int = DEFAULT_PER_PAGE
 def strongest_thrust() -> int:
     """The highest thrust of all engines (0 for none), which the gauges
     measure against: read from the end of the thrust index."""
-    return db.session.scalar(select(func.max(Engine.thrust))) or 0
+    return read(select(func.max(Engine.thrust))).scalar() or 0
 
 
 # ---------------------------------------------------------------------------
@@ -733,7 +749,7 @@ def engine_batches():
     last_id = 0
     columns = list_columns()
     while True:
-        found = db.session.execute(select(*columns).where(Engine.id > last_id).order_by(Engine.id)
+        found = read(select(*columns).where(Engine.id > last_id).order_by(Engine.id)
                                    .limit(EXPORT_BATCH))
         rows = found.all()
         db.session.close()
@@ -2975,7 +2991,7 @@ def api_create_engine():
 def api_get_engine(engine_id: int):
     # A row, not an ORM object: reading is all this does, and it is the
     # request scripts make most.
-    row = db.session.execute(select(*list_columns()).where(Engine.id == engine_id)).first() \
+    row = read(one_engine_query(db.engine.dialect.name), {"engine_id": engine_id}).first() \
         if engine_id <= MAX_INTEGER else None
     if row is None:
         abort(404, description=f"Engine {engine_id} was not found.")
