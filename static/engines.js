@@ -42,10 +42,58 @@ async function setThrust(form) {
     return;
   }
   const row = form.closest("tr");
-  row.querySelector("[data-thrust]").textContent = body.thrust.toLocaleString("en-US");
-  input.value = body.thrust;
-  rescaleGauges(row, body.thrust);
+  const before = Number(row.querySelector("[data-thrust]").textContent.replace(/,/g, ""));
+  showThrust(form, body.thrust);
   form.classList.add("saved");
+  // A PATCH that changed the thrust made exactly one new version: Undo
+  // reverts to the one before, unless the engine changed again since.
+  if (body.thrust !== before) offerUndo(form, body.version);
+}
+
+function showThrust(form, thrust) {
+  const row = form.closest("tr");
+  row.querySelector("[data-thrust]").textContent = thrust.toLocaleString("en-US");
+  form.elements.thrust.value = thrust;
+  rescaleGauges(row, thrust);
+}
+
+function offerUndo(form, version) {
+  let undo = form.querySelector("button.quick-undo");
+  if (!undo) {
+    undo = document.createElement("button");
+    undo.type = "button";
+    undo.className = "quick-undo";
+    undo.textContent = "Undo";
+    undo.addEventListener("click", () => undoThrust(form, undo));
+    form.querySelector(".quick-error").before(undo);
+  }
+  undo.dataset.version = version;
+  undo.hidden = false;
+}
+
+async function undoThrust(form, undo) {
+  const error = form.querySelector(".quick-error");
+  const version = Number(undo.dataset.version);
+  error.textContent = "";
+  let response;
+  try {
+    response = await fetch(`${form.dataset.api}/revert`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "Accept": "application/json", "If-Match": `"${version}"` },
+      body: JSON.stringify({ version: version - 1 }),
+      credentials: "same-origin",
+    });
+  } catch (e) {
+    error.textContent = "Engines is not answering; is it still running?";
+    return;
+  }
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    error.textContent = body.error || `Error ${response.status}`;
+    return;
+  }
+  showThrust(form, body.thrust);
+  offerUndo(form, body.version);  // the undo is a change too: undoing it redoes
 }
 
 // Gauges show each thrust against the strongest engine: raise the scale
