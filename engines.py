@@ -2048,11 +2048,24 @@ def check_schema(connection) -> str | None:
         raise UnknownSchema(f"a newer version of Engines wrote it (schema revision {revision[:40]}; "
                             f"this version knows revisions up to {SCHEMA_REVISION})")
     expected = expected_schema(connection, revision)
-    # Below the newest revision, a tutorial's database an older Engines
-    # upgraded differs (on PostgreSQL it could be upgraded to revision 2).
-    if found != expected and (revision == SCHEMA_REVISION or found != expected_schema(connection, revision, True)):
+    if found != expected and (revision == SCHEMA_REVISION or found not in older_shapes(connection, revision)):
         raise UnknownSchema(schema_difference(found, expected))
     return revision
+
+
+def older_shapes(connection, revision: str) -> set[frozenset]:
+    """The other schemas an older Engines left at `revision` (below the
+    newest): a tutorial's database it upgraded (on PostgreSQL it could
+    upgrade one to revision 2), and on PostgreSQL, at revisions 3 and 4, a
+    database Engines 1.0.0 upgraded from revision 1 or 2, whose CHECK
+    constraints on the engine table it named twice over (Alembic applied
+    the naming convention to names that had it already:
+    engine_engine_id_check_check); revision 5 renames them."""
+    shapes = {expected_schema(connection, revision), expected_schema(connection, revision, True)}
+    if connection.dialect.name == "postgresql" and revision in ("3", "4"):
+        shapes |= {frozenset(("check", table, f"engine_{name}_check", what) if kind == "check" and table == "engine"
+                             else (kind, table, name, what) for kind, table, name, what in shape) for shape in shapes}
+    return shapes
 
 
 # -- Reading a database without changing it ------------------------------------

@@ -10,6 +10,10 @@ Revises: 4
 - Indexes on (engine_id, id), an engine's history in order, and on the ids
   of the deletes, the deleted engines in order.
 
+On PostgreSQL, the CHECK constraints that Engines 1.0.0 named twice over
+when it upgraded a database from revision 1 or 2 (engine_engine_id_check_check)
+get the names a new database has (engine_id_check).
+
 Each existing engine's history starts with its current state: one row with
 change and source "upgrade", its version and title and thrust, and as its
 time the engine's updated_at, the moment it is known to have taken that
@@ -72,8 +76,20 @@ def history_table(on_sqlite: bool) -> sa.Table:
     )
 
 
+def name_checks_once(bind) -> None:
+    """On PostgreSQL, Engines 1.0.0's revision 3 named the engine table's
+    CHECK constraints twice over (engine_engine_id_check_check): give them
+    the names a new database has."""
+    names = bind.scalars(sa.text("SELECT conname FROM pg_constraint WHERE conrelid = 'engine'::regclass")).all()
+    for name in ("id", "title", "thrust", "version"):
+        if f"engine_engine_{name}_check_check" in names:
+            op.execute(f"ALTER TABLE engine RENAME CONSTRAINT engine_engine_{name}_check_check TO engine_{name}_check")
+
+
 def upgrade():
     bind = op.get_bind()
+    if bind.dialect.name == "postgresql":
+        name_checks_once(bind)
     history_table(on_sqlite=bind.dialect.name == "sqlite").create(bind)
     op.create_index("engine_history_engine_idx", "engine_history", ["engine_id", "id"])
     op.create_index("engine_history_deleted_idx", "engine_history", ["id"],
