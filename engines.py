@@ -1287,7 +1287,8 @@ class ThrustChart(NamedTuple):
     line: str
     marks: list[tuple[float, float, str, str]]
     y_ticks: list[tuple[float, str]]
-    x_ticks: list[tuple[float, str]]
+    x_ticks: list[tuple[float, str, str]]  # position, label, text-anchor
+    x_title: str
     description: str
 
 
@@ -1326,13 +1327,21 @@ def thrust_chart(records: list, until: datetime | None) -> ThrustChart | None:
     if not gone:
         line.append(f"H{x(end)}")
     y_ticks = [(y(value), f"{value:,}") for value in sorted({0, highest // 2, highest})]
-    x_ticks = [(left, shown_time(start)), (right, "now" if until else shown_time(end))]
+    # Five moments, as dates or, within two days, as times of the day the axis names.
+    days = span >= 2 * 86_400
+    moments = [start + (end - start) * quarter / 4 for quarter in range(5)]
+    x_ticks = [(x(moment), moment.strftime("%Y-%m-%d" if days else "%H:%M:%S"), anchor)
+               for moment, anchor in zip(moments, ("start", "middle", "middle", "middle", "end"), strict=True)]
+    if until:
+        x_ticks[-1] = (right, "now", "end")
+    x_title = "Time (UTC)" if days else f"Time (UTC) from {start.strftime('%Y-%m-%d')}"
     first, last = chronological[0].thrust, chronological[-1].thrust
     description = (f"{len(records)} version{'s' if len(records) != 1 else ''} from {shown_time(start)}"
                    f"{' to now' if until else ' to ' + shown_time(end)}: thrust from {first:,} to {last:,}, highest "
                    f"{max(record.thrust for record in records):,}, lowest {min(record.thrust for record in records):,}."
                    " The table below lists each version.")
-    return ThrustChart(width, height, (left, top, right, bottom), "".join(line), marks, y_ticks, x_ticks, description)
+    return ThrustChart(width, height, (left, top, right, bottom), "".join(line), marks, y_ticks, x_ticks, x_title,
+                       description)
 
 
 # -- Restore, revert, undo and retention ------------------------------------------
