@@ -1005,7 +1005,7 @@ def insert_batch(batch: list[tuple[int, dict]], imported_at: datetime, write: bo
     return errors
 
 
-def import_engines(file, progress=lambda line: None) -> int:
+def import_engines(file, progress=lambda line: None, recorded=lambda first, last: None) -> int:
     """Add the engines of an export file to the database: all, or none.
 
     `file` is a binary file, CSV or JSON (told apart by its first
@@ -1014,9 +1014,11 @@ def import_engines(file, progress=lambda line: None) -> int:
     gives none, get new ones; without `version` or `updated_at` they start at
     version 1, changed now. One transaction, inserting IMPORT_BATCH rows at
     a time, with a history record ("import") of each engine; `progress`
-    hears the line reached. Returns how many engines were added; raises
-    ImportRejected, naming the line and reason of the first
-    IMPORT_ERRORS_SHOWN problems, if any row is invalid.
+    hears the line reached, and `recorded` the ids of the first and last
+    records, once committed (what undoes the import: undo_bulk_change).
+    Returns how many engines were added; raises ImportRejected, naming the
+    line and reason of the first IMPORT_ERRORS_SHOWN problems, if any row
+    is invalid.
     """
     head = file.read(1024).lstrip(b"\xef\xbb\xbf \t\r\n")
     file.seek(0)
@@ -1067,13 +1069,16 @@ def import_engines(file, progress=lambda line: None) -> int:
     if with_ids:
         advance_id_sequence()
     end_bulk_load(first_new_id, list(seen_ids) if with_ids else [])
-    record_bulk_load(first_new_id, list(seen_ids) if with_ids else new_ids, "import", "import", imported_at)
+    records = record_bulk_load(first_new_id, list(seen_ids) if with_ids else new_ids, "import", "import",
+                               imported_at)
     try:
         db.session.commit()
     except IntegrityError:
         db.session.rollback()
         raise ImportRejected("Nothing was imported: engines with the same ids were added meanwhile; "
                              "try again.", []) from None
+    if records:
+        recorded(*records)
     return added
 
 
@@ -1150,10 +1155,13 @@ def commit_change(engine: Engine, change: str, source: str) -> int | None:
     return record_id
 
 
-def record_bulk_load(first_new_id: int, ids: list[int], change: str, source: str, changed_at: datetime) -> None:
+def record_bulk_load(first_new_id: int, ids: list[int], change: str, source: str,
+                     changed_at: datetime) -> tuple[int, int] | None:
     """Within a bulk load's transaction, record every engine it added, in
     one statement: those with the ids given or, none given (on SQLite),
-    those from first_new_id up (see end_bulk_load)."""
+    those from first_new_id up (see end_bulk_load). Returns the ids of the
+    first and last records (see recorded_since), None if it added none."""
+    newest = newest_record_id()
     on_sqlite = db.engine.dialect.name == "sqlite"
     new = "id = ANY(:ids)"
     if on_sqlite:
@@ -1164,6 +1172,21 @@ def record_bulk_load(first_new_id: int, ids: list[int], change: str, source: str
         " ORDER BY id"), {"ids": json.dumps(ids) if on_sqlite else ids, "first": first_new_id,
                          "changed_at": stored_datetime(changed_at) if on_sqlite else changed_at,
                          "change": change, "source": source, "changed_by": changed_by()})
+    return recorded_since(newest, change, changed_at)
+
+
+def newest_record_id() -> int:
+    return read(select(func.max(engine_history.c.id))).scalar() or 0
+
+
+def recorded_since(newest: int, change: str, changed_at: datetime) -> tuple[int, int] | None:
+    """The first and last ids of the records of one bulk change, written
+    after the record `newest` as `change` at `changed_at` (one moment for
+    all of them): what identifies it for undo_bulk_change. None for none."""
+    first, last = read(select(func.min(engine_history.c.id), func.max(engine_history.c.id)).where(
+        engine_history.c.id > newest, engine_history.c.change == change,
+        engine_history.c.changed_at == changed_at)).one()
+    return None if first is None else (first, last)
 
 
 # -- Reading history -------------------------------------------------------------
@@ -1450,6 +1473,59 @@ def undo_change(record_id: int, source: str) -> tuple[str, int]:
         raise Conflict(f"The version of “{record.title}” before this change is no longer kept; nothing was undone.")
     new_id = put_back(engine, before.title, before.thrust, source)
     return f"“{engine.title}” is back to thrust {engine.thrust:,}, as at version {before.version}.", new_id
+
+
+def undo_bulk_change(first_id: int, last_id: int, source: str) -> tuple[str, tuple[int, int] | None]:
+    """Take back exactly a change of many engines at once, recorded from
+    first_id to last_id (records of the first one's kind and moment): an
+    import, or a restore of many, by deleting those engines; the delete of
+    many (what undid an import) by restoring them. All of them, and only
+    if none has changed since (409, nothing changed, otherwise). The undo
+    is a bulk change too, and can be undone. Commits; returns what was
+    done, in words, and the ids of its first and last records."""
+    first = read(select(engine_history).where(engine_history.c.id == first_id)).first() \
+        if first_id <= last_id <= MAX_INTEGER else None
+    if first is None:
+        abort(404, description="That change is not in the history any more; nothing was undone.")
+    history, later = engine_history, engine_history.alias("later")
+    of_it = (history.c.id.between(first_id, last_id), history.c.change == first.change,
+             history.c.changed_at == first.changed_at)
+    count = read(select(func.count()).select_from(history).where(*of_it)).scalar()
+    now, newest = utcnow(), newest_record_id()
+    if first.change in UNDONE_BY_DELETING:
+        unchanged = read(select(func.count()).select_from(history.join(
+            Engine, (Engine.id == history.c.engine_id) & (Engine.version == history.c.version))).where(*of_it)).scalar()
+        if unchanged != count:
+            raise Conflict(f"{count - unchanged:,} of these {count:,} engines changed since, so this undo would "
+                           "overwrite later changes; nothing was undone.")
+        engine_ids = select(history.c.engine_id).where(*of_it)
+        db.session.execute(history.insert().from_select(
+            ["engine_id", "version", "title", "thrust", "changed_at", "change", "source", "changed_by"],
+            select(Engine.id, case((Engine.version < MAX_INTEGER, Engine.version + 1), else_=Engine.version),
+                   Engine.title, Engine.thrust, literal(now, UTCDateTime), literal("delete"), literal(source),
+                   literal(changed_by())).where(Engine.id.in_(engine_ids)).order_by(Engine.id)))
+        db.session.execute(Engine.__table__.delete().where(Engine.id.in_(engine_ids)))
+        records = recorded_since(newest, "delete", now)
+        done = f"Deleted {count:,} engine{'' if count == 1 else 's'} (see Recently deleted)."
+    elif first.change == "delete":
+        deleted = read(select(history.c.engine_id, history.c.version, history.c.title, history.c.thrust).where(
+            *of_it, ~select(Engine.id).where(Engine.id == history.c.engine_id).exists(),
+            ~select(later.c.id).where(later.c.engine_id == history.c.engine_id, later.c.id > history.c.id).exists(),
+        ).order_by(history.c.engine_id)).all()
+        if len(deleted) != count:
+            raise Conflict(f"{count - len(deleted):,} of these {count:,} engines were restored or changed since; "
+                           "nothing was undone.")
+        first_new_id = begin_bulk_load()
+        insert_engines([{"id": engine_id, "title": title, "thrust": thrust, "version": min(version + 1, MAX_INTEGER),
+                         "updated_at": now} for engine_id, version, title, thrust in deleted], now)
+        engine_ids = [engine_id for engine_id, *_ in deleted]
+        end_bulk_load(first_new_id, engine_ids)
+        records = record_bulk_load(first_new_id, engine_ids, "restore", source, now)
+        done = f"Restored {count:,} engine{'' if count == 1 else 's'}."
+    else:
+        raise Conflict("Only an import, and what undid one, are undone many engines at once; nothing was undone.")
+    db.session.commit()
+    return done, records
 
 
 def prune_history(keep_days: int) -> int:
@@ -2763,10 +2839,14 @@ def check_expected_version(engine: Engine, expected_version: int | None) -> None
         raise EditConflict(engine)
 
 
-def flash_change(message: str, record_id: int | None) -> None:
+def flash_change(message: str, record_id: int | tuple[int, int] | None) -> None:
     """Say what changed, with an Undo button for the change recorded as
-    `record_id` (None: nothing changed, nothing to undo)."""
-    flash({"text": message, "undo": record_id} if record_id else message, "success")
+    `record_id`, or as the records from one id to another of a change of
+    many engines (None: nothing changed, nothing to undo)."""
+    if isinstance(record_id, tuple):
+        flash({"text": message, "undo": record_id[0], "through": record_id[1]}, "success")
+    else:
+        flash({"text": message, "undo": record_id} if record_id else message, "success")
 
 
 @pages.route("/engines/<int:engine_id>/edit", methods=["GET", "POST"])
@@ -2865,8 +2945,12 @@ def revert_engine_page(engine_id: int):
 
 @pages.post("/undo")
 def undo():
-    message, record_id = undo_change(form_number("change", check_record_id), "page")
-    flash_change(message, record_id)
+    record_id = form_number("change", check_record_id)
+    if request.form.get("through"):
+        message, records = undo_bulk_change(record_id, form_number("through", check_record_id), "page")
+    else:
+        message, records = undo_change(record_id, "page")
+    flash_change(message, records)
     return redirect(safe_next_url(url_for("pages.index")))
 
 
@@ -2896,12 +2980,14 @@ def import_file():
         flash("Choose a CSV or JSON file to import.", "error")
         return redirect(url_for("pages.index"))
     name = echo_safe(upload.filename, 100)
+    records: list[tuple[int, int]] = []
     try:
-        count = import_engines(upload.stream)
+        count = import_engines(upload.stream, recorded=lambda first, last: records.append((first, last)))
     except ImportRejected as rejected:
         flash(f"Nothing was imported from “{name}”: the problems are listed under Import, below.", "error")
         return render_list(EngineForm(formdata=None), status=400, rejected=rejected)
-    flash(f"Imported {count:,} engine{'' if count == 1 else 's'} from “{name}”.", "success")
+    flash_change(f"Imported {count:,} engine{'' if count == 1 else 's'} from “{name}”.",
+                 records[0] if records else None)
     return redirect(url_for("pages.index"))
 
 

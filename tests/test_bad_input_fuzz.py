@@ -353,7 +353,7 @@ odd_paths = st.tuples(st.text(max_size=5), url_breakers, st.text(max_size=5)).ma
 # Each field a form reads, maybe; "next" half the time an odd path.
 form_values = st.tuples(
     st.fixed_dictionaries({}, optional={"title": form_value, "thrust": form_value, "version": form_value,
-                                        "current": form_value, "change": form_value,
+                                        "current": form_value, "change": form_value, "through": form_value,
                                         "next": st.booleans().flatmap(lambda odd: odd_paths if odd else form_value)}),
     st.dictionaries(hostile_text, form_value, max_size=2),
 ).map(lambda parts: {**parts[1], **parts[0]})

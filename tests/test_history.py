@@ -527,3 +527,38 @@ def test_engines_applies_history_keep_days_at_every_start(instance_dir):
         assert server.stop() == 0
     assert "removed 1 history records older than 365 days (HISTORY_KEEP_DAYS)" in \
         (instance_dir / "engines.log").read_text(encoding="utf-8")
+
+
+def undo_fields(page: str) -> dict:
+    """The fields of the flash message's Undo form: the change, and for a change of many engines, the last record."""
+    form = re.search(r'<form method="post" action="/undo" class="undo">(.*?)</form>', page, re.S).group(1)
+    return {name: value for name, value in re.findall(r'name="(change|through)" value="(\d+)"', form)}
+
+
+def test_undo_of_an_import_deletes_exactly_its_engines_and_can_itself_be_undone(client, app):
+    post(client, {"title": "Before", "thrust": 1})
+    csv = "title,thrust\n" + "\n".join(f"Imported Straße {i},{i}" for i in range(300))
+    imported = form_post(client, "/import", {"file": (io.BytesIO(csv.encode()), "many.csv")}, follow_redirects=True)
+    assert "Imported 300 engines from “many.csv”." in imported.get_data(as_text=True)
+    undo_import = undo_fields(imported.get_data(as_text=True))
+    assert set(undo_import) == {"change", "through"}
+    post(client, {"title": "After", "thrust": 2})
+
+    undone = form_post(client, "/undo", undo_import, follow_redirects=True)
+    assert "Deleted 300 engines (see Recently deleted)." in undone.get_data(as_text=True)
+    assert [title for _, title, _ in all_engines(app)] == ["Before", "After"]
+    assert client.get("/api/engines?q=strasse").get_json()["total"] == 0
+    assert len(client.get("/api/deleted?per_page=500").get_json()["engines"]) == 300
+
+    redone = form_post(client, "/undo", undo_fields(undone.get_data(as_text=True)), follow_redirects=True)
+    assert "Restored 300 engines." in redone.get_data(as_text=True)
+    assert len(all_engines(app)) == 302 and client.get("/api/engines?q=strasse").get_json()["total"] == 300
+    assert [change for _, change, *_ in history(client, 5)] == ["restore", "delete", "import"]
+    assert client.post("/api/engines", json={"title": "Next"}).get_json()["id"] == 303
+
+    client.patch("/api/engines/5", json={"thrust": 9})  # one of them changes: undoing the restore would undo it
+    kept = history_rows(app)
+    stale = form_post(client, "/undo", undo_fields(redone.get_data(as_text=True)))
+    assert stale.status_code == 409 and "1 of these 300 engines changed since" in stale.get_data(as_text=True)
+    assert history_rows(app) == kept and len(all_engines(app)) == 303
+    assert form_post(client, "/undo", undo_import).status_code == 409

@@ -398,3 +398,18 @@ def test_a_postgresql_database_at_revision_4_starts_its_history_and_opens_again(
                                          " AND contype = 'c' ORDER BY conname")).all()
     database.dispose()
     assert checks == ["engine_id_check", "engine_thrust_check", "engine_title_check", "engine_version_check"]
+
+
+def test_an_import_is_undone_and_redone_on_postgresql(pg_app):
+    client = pg_app.test_client()
+    client.post("/api/engines", json={"title": "Before"})
+    imported = client.post("/import", data={"csrf_token": csrf_token(client), "file": (
+        io.BytesIO(b"title,thrust\nA,1\nB,2\nC,3\n"), "three.csv")}, follow_redirects=True)
+    fields = dict(re.findall(r'name="(change|through)" value="(\d+)"', imported.get_data(as_text=True)))
+    undone = client.post("/undo", data={"csrf_token": csrf_token(client), **fields}, follow_redirects=True)
+    assert "Deleted 3 engines" in undone.get_data(as_text=True) and all_engines(pg_app) == [(1, "Before", 0)]
+    fields = dict(re.findall(r'name="(change|through)" value="(\d+)"', undone.get_data(as_text=True)))
+    client.post("/undo", data={"csrf_token": csrf_token(client), **fields})
+    assert all_engines(pg_app) == [(1, "Before", 0), (2, "A", 1), (3, "B", 2), (4, "C", 3)]
+    assert client.get("/api/engines?q=b").get_json()["total"] == 2  # Before, B
+    assert client.post("/api/engines", json={"title": "D"}).get_json()["id"] == 5
