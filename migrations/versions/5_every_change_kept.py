@@ -48,10 +48,8 @@ def history_table(on_sqlite: bool) -> sa.Table:
         sa.CheckConstraint(f"version BETWEEN 1 AND {MAX_INTEGER}", name="engine_history_version_check"),
         sa.CheckConstraint(f"length(title) BETWEEN 1 AND {MAX_TITLE}", name="engine_history_title_check"),
         sa.CheckConstraint(f"thrust BETWEEN 0 AND {MAX_INTEGER}", name="engine_history_thrust_check"),
-        sa.CheckConstraint(f"change IN ({', '.join(repr(kind) for kind in CHANGES)})",
-                           name="engine_history_change_check"),
-        sa.CheckConstraint(f"source IN ({', '.join(repr(kind) for kind in SOURCES)})",
-                           name="engine_history_source_check"),
+        sa.CheckConstraint(" OR ".join(f"change = '{kind}'" for kind in CHANGES), name="engine_history_change_check"),
+        sa.CheckConstraint(" OR ".join(f"source = '{kind}'" for kind in SOURCES), name="engine_history_source_check"),
     ]
     if on_sqlite:
         checks += [
