@@ -1489,45 +1489,58 @@ def undo_bulk_change(first_id: int, last_id: int, source: str) -> tuple[str, tup
         if first_id <= last_id <= MAX_INTEGER else None
     if first is None:
         abort(404, description="That change is not in the history any more; nothing was undone.")
-    history, later = engine_history, engine_history.alias("later")
-    of_it = (history.c.id.between(first_id, last_id), history.c.change == first.change,
-             history.c.changed_at == first.changed_at)
-    count = read(select(func.count()).select_from(history).where(*of_it)).scalar()
-    now, newest = utcnow(), newest_record_id()
+    of_it = (engine_history.c.id.between(first_id, last_id), engine_history.c.change == first.change,
+             engine_history.c.changed_at == first.changed_at)
+    count = read(select(func.count()).select_from(engine_history).where(*of_it)).scalar()
     if first.change in UNDONE_BY_DELETING:
-        unchanged = read(select(func.count()).select_from(history.join(
-            Engine, (Engine.id == history.c.engine_id) & (Engine.version == history.c.version))).where(*of_it)).scalar()
-        if unchanged != count:
-            raise Conflict(f"{count - unchanged:,} of these {count:,} engines changed since, so this undo would "
-                           "overwrite later changes; nothing was undone.")
-        engine_ids = select(history.c.engine_id).where(*of_it)
-        db.session.execute(history.insert().from_select(
-            ["engine_id", "version", "title", "thrust", "changed_at", "change", "source", "changed_by"],
-            select(Engine.id, case((Engine.version < MAX_INTEGER, Engine.version + 1), else_=Engine.version),
-                   Engine.title, Engine.thrust, literal(now, UTCDateTime), literal("delete"), literal(source),
-                   literal(changed_by())).where(Engine.id.in_(engine_ids)).order_by(Engine.id)))
-        db.session.execute(Engine.__table__.delete().where(Engine.id.in_(engine_ids)))
-        records = recorded_since(newest, "delete", now)
+        records = delete_recorded(of_it, count, source)
         done = f"Deleted {count:,} engine{'' if count == 1 else 's'} (see Recently deleted)."
     elif first.change == "delete":
-        deleted = read(select(history.c.engine_id, history.c.version, history.c.title, history.c.thrust).where(
-            *of_it, ~select(Engine.id).where(Engine.id == history.c.engine_id).exists(),
-            ~select(later.c.id).where(later.c.engine_id == history.c.engine_id, later.c.id > history.c.id).exists(),
-        ).order_by(history.c.engine_id)).all()
-        if len(deleted) != count:
-            raise Conflict(f"{count - len(deleted):,} of these {count:,} engines were restored or changed since; "
-                           "nothing was undone.")
-        first_new_id = begin_bulk_load()
-        insert_engines([{"id": engine_id, "title": title, "thrust": thrust, "version": min(version + 1, MAX_INTEGER),
-                         "updated_at": now} for engine_id, version, title, thrust in deleted], now)
-        engine_ids = [engine_id for engine_id, *_ in deleted]
-        end_bulk_load(first_new_id, engine_ids)
-        records = record_bulk_load(first_new_id, engine_ids, "restore", source, now)
+        records = restore_recorded(of_it, count, source)
         done = f"Restored {count:,} engine{'' if count == 1 else 's'}."
     else:
         raise Conflict("Only an import, and what undid one, are undone many engines at once; nothing was undone.")
     db.session.commit()
     return done, records
+
+
+def delete_recorded(of_it: tuple, count: int, source: str) -> tuple[int, int] | None:
+    """Delete the engines of the `count` records `of_it` selects, each still
+    at the version its record made (else 409), recording each delete."""
+    history, now, newest = engine_history, utcnow(), newest_record_id()
+    unchanged = read(select(func.count()).select_from(history.join(
+        Engine, (Engine.id == history.c.engine_id) & (Engine.version == history.c.version))).where(*of_it)).scalar()
+    if unchanged != count:
+        raise Conflict(f"{count - unchanged:,} of these {count:,} engines changed since, so this undo would "
+                       "overwrite later changes; nothing was undone.")
+    engine_ids = select(history.c.engine_id).where(*of_it)
+    db.session.execute(history.insert().from_select(
+        ["engine_id", "version", "title", "thrust", "changed_at", "change", "source", "changed_by"],
+        select(Engine.id, case((Engine.version < MAX_INTEGER, Engine.version + 1), else_=Engine.version),
+               Engine.title, Engine.thrust, literal(now, UTCDateTime), literal("delete"), literal(source),
+               literal(changed_by())).where(Engine.id.in_(engine_ids)).order_by(Engine.id)))
+    db.session.execute(Engine.__table__.delete().where(Engine.id.in_(engine_ids)))
+    return recorded_since(newest, "delete", now)
+
+
+def restore_recorded(of_it: tuple, count: int, source: str) -> tuple[int, int] | None:
+    """Restore the engines of the `count` delete records `of_it` selects,
+    each still deleted by that delete (else 409), as a bulk load, recording
+    each restore."""
+    history, later, now = engine_history, engine_history.alias("later"), utcnow()
+    deleted = read(select(history.c.engine_id, history.c.version, history.c.title, history.c.thrust).where(
+        *of_it, ~select(Engine.id).where(Engine.id == history.c.engine_id).exists(),
+        ~select(later.c.id).where(later.c.engine_id == history.c.engine_id, later.c.id > history.c.id).exists(),
+    ).order_by(history.c.engine_id)).all()
+    if len(deleted) != count:
+        raise Conflict(f"{count - len(deleted):,} of these {count:,} engines were restored or changed since; "
+                       "nothing was undone.")
+    first_new_id = begin_bulk_load()
+    insert_engines([{"id": engine_id, "title": title, "thrust": thrust, "version": min(version + 1, MAX_INTEGER),
+                     "updated_at": now} for engine_id, version, title, thrust in deleted], now)
+    engine_ids = [engine_id for engine_id, *_ in deleted]
+    end_bulk_load(first_new_id, engine_ids)
+    return record_bulk_load(first_new_id, engine_ids, "restore", source, now)
 
 
 def prune_history(keep_days: int) -> int:
@@ -3158,7 +3171,7 @@ def api_engine_history(engine_id: int):
     if engine_id > MAX_INTEGER:
         abort(404, description=f"Engine {engine_id} was not found.")
     page = history_of(engine_id, **params)
-    version = db.session.scalar(select(Engine.version).where(Engine.id == engine_id))
+    version = read(select(Engine.version).where(Engine.id == engine_id)).scalar()
     if version is None:
         latest = page.records[0] if page.records and params["after"] is None else latest_record(engine_id)
         if latest is None:
