@@ -7,8 +7,9 @@ Revises: 4
   restore, import, revert), with the engine's id, its version after the
   change, title and thrust, when (UTC), what kind of change, where it came
   from and who made it. No foreign key: a deleted engine keeps its history.
-- Indexes on (engine_id, id), an engine's history in order, and on the ids
-  of the deletes, the deleted engines in order.
+- Indexes on (engine_id, id, thrust), an engine's history in order (and the
+  recent thrusts the list draws, from the index alone), and on the ids of
+  the deletes, the deleted engines in order.
 
 On PostgreSQL, the CHECK constraints that Engines 1.0.0 named twice over
 when it upgraded a database from revision 1 or 2 (engine_engine_id_check_check)
@@ -89,7 +90,7 @@ def upgrade():
     if bind.dialect.name == "postgresql":
         name_checks_once(bind)
     history_table(on_sqlite=bind.dialect.name == "sqlite").create(bind)
-    op.create_index("engine_history_engine_idx", "engine_history", ["engine_id", "id"])
+    op.create_index("engine_history_engine_idx", "engine_history", ["engine_id", "id", "thrust"])
     op.create_index("engine_history_deleted_idx", "engine_history", ["id"],
                     sqlite_where=sa.text("change = 'delete'"), postgresql_where=sa.text("change = 'delete'"))
     source = context.config.attributes.get("history_source", "upgrade")
