@@ -62,7 +62,9 @@ function placeFocus() {
 function announceMessages() {
   const messages = document.getElementById("messages");
   if (messages) {
-    const text = messages.textContent.replace(/\s+/g, " ").trim();
+    // What the messages say, not the label of an Undo button beside one.
+    const text = [...messages.querySelectorAll(".message")].map((m) => m.textContent).join(" ")
+      .replace(/\s+/g, " ").trim();
     const urgent = messages.querySelector(".error") !== null;
     setTimeout(() => say(text, urgent), 200);
   }
@@ -74,7 +76,9 @@ function say(text, urgent = false) {
   requestAnimationFrame(() => { region.textContent = text; });
 }
 
-function showMessage(text, urgent) {
+// A message at the top of the page, as the server would have shown it; `undo`
+// (a change's record) adds its Undo button, which posts the page's undo form.
+function showMessage(text, urgent, undo = null, spoken = true) {
   let messages = document.getElementById("messages");
   if (!messages) {
     messages = document.createElement("div");
@@ -86,8 +90,29 @@ function showMessage(text, urgent) {
   const message = document.createElement("p");
   message.className = urgent ? "message error" : "message success";
   message.textContent = text;
-  messages.replaceChildren(message);
-  say(text, urgent);
+  messages.replaceChildren(undo ? undoable(message, undo) : message);
+  if (spoken) say(text, urgent);
+}
+
+function undoable(message, record) {
+  const flash = document.createElement("div"), form = document.createElement("form");
+  flash.className = "flash success";
+  form.method = "post";
+  form.className = "undo";
+  form.action = document.getElementById("list-body").dataset.undoUrl;
+  const fields = { csrf_token: document.querySelector("input[name=csrf_token]").value, change: record,
+                   next: location.pathname + location.search };
+  for (const [name, value] of Object.entries(fields)) {
+    const input = document.createElement("input");
+    Object.assign(input, { type: "hidden", name, value });
+    form.append(input);
+  }
+  const button = document.createElement("button");
+  button.type = "submit";
+  button.textContent = "Undo";
+  form.append(button);
+  flash.append(message, form);
+  return flash;
 }
 
 // -- Keys ------------------------------------------------------------------------
@@ -148,6 +173,7 @@ async function setThrust(form) {
   const input = form.elements.thrust;
   input.value = input.defaultValue = body.shown;
   showNote(form, "Saved", false, `Saved: ${title}, thrust ${body.shown}.`);
+  if (body.undo) showMessage(body.message, false, body.undo, false);  // Undo at the top, as after any change
   poll();  // the gauges of every row, and the row's place in its order
 }
 

@@ -89,6 +89,22 @@ def all_engines(app) -> list[tuple[int, str, int]]:
         return [tuple(r) for r in rows]
 
 
+def assert_history_starts_at_the_upgrade(app, source: str = "upgrade") -> None:
+    """Each engine's history is one record of its state when the database
+    was upgraded to keep history: its version, title and thrust, at its
+    updated_at, by nobody known."""
+    with app.app_context():
+        engine, history = engines.Engine, engines.engine_history
+        kept = engines.db.session.execute(select(engine.id, engine.version, engine.title, engine.thrust,
+                                                 engine.updated_at).order_by(engine.id)).all()
+        records = engines.db.session.execute(select(
+            history.c.engine_id, history.c.version, history.c.title, history.c.thrust, history.c.changed_at,
+            history.c.change, history.c.source, history.c.changed_by).order_by(history.c.id)).all()
+        engines.db.session.remove()
+    assert kept, "an upgrade of a database with engines"
+    assert [tuple(record) for record in records] == [(*row, "upgrade", source, None) for row in kept]
+
+
 def add_engines(app, rows) -> None:
     with app.app_context():
         engines.db.session.execute(engines.Engine.__table__.insert(), list(rows))

@@ -235,6 +235,14 @@ def every_row(app) -> list[tuple]:
         return [tuple(row) for row in rows]
 
 
+def history_rows(app) -> list[tuple]:
+    """Every history record, read straight from the database."""
+    with app.app_context():
+        rows = engines.db.session.execute(select(engines.engine_history).order_by(engines.engine_history.c.id)).all()
+        engines.db.session.remove()
+        return [tuple(row) for row in rows]
+
+
 def reset(app) -> list[tuple]:
     """The same two engines, ids 1 and 2, before each example; returns them."""
     with app.app_context():
@@ -252,9 +260,13 @@ ids = st.sampled_from(["1", "2", "0", "-1", "99", "2147483648", "999999999999999
 paths = st.one_of(
     st.sampled_from(["/", "/engines", "/import", "/backup", "/api/health", "/api/engines", "/api/engines.csv",
                      "/api/engines.json", "/api/engines.xml", "/api/backup", "/api/", "/static/engines.css",
-                     "/nowhere", "//evil.example/", "/%5Cevil.example", "/%0D%0A", "/%ED%A0%80"]),
+                     "/nowhere", "//evil.example/", "/%5Cevil.example", "/%0D%0A", "/%ED%A0%80",
+                     "/undo", "/deleted", "/api/deleted"]),
     ids.map(lambda i: f"/engines/{i}/edit"), ids.map(lambda i: f"/engines/{i}/delete"),
     ids.map(lambda i: f"/engines/{i}/thrust"), ids.map(lambda i: f"/api/engines/{i}"),
+    ids.map(lambda i: f"/engines/{i}/history"), ids.map(lambda i: f"/engines/{i}/revert"),
+    ids.map(lambda i: f"/api/engines/{i}/history"), ids.map(lambda i: f"/api/engines/{i}/revert"),
+    ids.map(lambda i: f"/deleted/{i}/restore"), ids.map(lambda i: f"/api/deleted/{i}/restore"),
 )
 
 
@@ -265,11 +277,12 @@ paths = st.one_of(
 def test_any_request_to_any_route_never_gets_a_5xx_or_changes_data_when_refused(
         served_client, method, path, headers, query, body):
     open_served, app = served_client
-    before = reset(app)
+    before, recorded = reset(app), history_rows(app)
     response = open_served(path, method=method, headers=headers, query_string=query, data=body)
     assert response.status_code < 500, response.get_data(as_text=True)
     if response.status_code >= 400:
         assert every_row(app) == before
+        assert history_rows(app) == recorded
 
 
 @fuzz
@@ -340,6 +353,7 @@ odd_paths = st.tuples(st.text(max_size=5), url_breakers, st.text(max_size=5)).ma
 # Each field a form reads, maybe; "next" half the time an odd path.
 form_values = st.tuples(
     st.fixed_dictionaries({}, optional={"title": form_value, "thrust": form_value, "version": form_value,
+                                        "current": form_value, "change": form_value, "through": form_value,
                                         "next": st.booleans().flatmap(lambda odd: odd_paths if odd else form_value)}),
     st.dictionaries(hostile_text, form_value, max_size=2),
 ).map(lambda parts: {**parts[1], **parts[0]})
@@ -347,18 +361,20 @@ form_values = st.tuples(
 
 @fuzz
 @given(route=st.sampled_from(["/engines", "/engines/1/edit", "/engines/2/edit", "/engines/1/thrust",
-                              "/engines/2/delete", "/engines/99/thrust", "/engines/99/delete", "/backup"]),
+                              "/engines/2/delete", "/engines/99/thrust", "/engines/99/delete", "/backup",
+                              "/undo", "/engines/1/revert", "/deleted/1/restore", "/deleted/99/restore"]),
        fields=form_values)
 def test_any_form_post_with_a_valid_csrf_token_never_gets_a_5xx_or_changes_data_when_refused(
         app, form_client, route, fields):
     client, token = form_client
-    before = reset(app)
+    before, recorded = reset(app), history_rows(app)
     body = encoded_pairs([*fields.items(), ("csrf_token", token)])
     response = client.post(route, data=body, content_type="application/x-www-form-urlencoded")
     assert response.status_code < 500, response.get_data(as_text=True)
     after = every_row(app)
     if refused(client, response):
         assert after == before
+        assert history_rows(app) == recorded
         return
     form = form_as_read(body)
     if route == "/engines":

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import itertools
 import shutil
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -390,6 +392,13 @@ def states(page, url: str):
     yield "conflict"
     page.goto(f"{url}/engines/2/delete")
     yield "delete"
+    page.goto(f"{url}/engines/1/history")
+    yield "history"
+    requests.delete(f"{url}/api/engines/4", timeout=5)  # a 404 after the first run: deleted already
+    page.goto(f"{url}/engines/4/history")
+    yield "history-of-a-deleted-engine"
+    page.goto(f"{url}/deleted")
+    yield "recently-deleted"
     page.goto(f"{url}/")
     page.set_input_files("#import-file", files=[{"name": "bad.csv", "mimeType": "text/csv",
                                                   "buffer": b"title,thrust\nA,-1\nB,x\n"}])
@@ -434,3 +443,92 @@ def test_axe_finds_no_wcag_21_aa_violation_in_any_state_theme_or_size(browser, t
 
 def test_output_folder_is_ignored_by_git():
     assert "/tests/output/" in Path(ROOT / ".gitignore").read_text()
+
+
+# -- history: the chart, undo, restore ----------------------------------------------------
+
+def spread_history_over_days(instance: Path, engine_id: int) -> None:
+    """Date an engine's history records a day apart, the newest today, as
+    if its changes had been made over the past days."""
+    with closing(sqlite3.connect(instance / "engines.sqlite3")) as connection:
+        ids = [row[0] for row in connection.execute(
+            "SELECT id FROM engine_history WHERE engine_id = ? ORDER BY id DESC", (engine_id,))]
+        for days, record_id in enumerate(ids):
+            connection.execute("UPDATE engine_history SET changed_at = strftime('%Y-%m-%d %H:%M:%f000', changed_at,"
+                               f" '-{days} days', '-{days * 37} minutes') WHERE id = ?", (record_id,))
+        connection.commit()
+
+
+@pytest.mark.parametrize("width, height", [(800, 600), (1280, 800)])
+def test_the_history_page_charts_thrust_over_time_and_is_saved_as_a_screenshot(browser, live_server, width, height):
+    seed(live_server.url)
+    api = f"{live_server.url}/api/engines/1"
+    for thrust in (1_650_000, 1_200_000, 1_800_000, 1_750_000):
+        requests.patch(api, json={"thrust": thrust}, timeout=5)
+    requests.delete(api, timeout=5)
+    requests.post(f"{live_server.url}/api/deleted/1/restore", timeout=5)
+    requests.post(f"{api}/revert", json={"version": 4}, timeout=5)
+    spread_history_over_days(live_server.instance, 1)
+    page = browser.new_page(viewport={"width": width, "height": height})
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: msg.type == "error" and errors.append(msg.text))  # a CSP violation, too
+    page.goto(live_server.url)
+    page.locator("#engine-1").get_by_role("link", name="History").click()
+    chart = page.get_by_role("img", name="Thrust of “Main” over time")
+    expect(chart).to_be_visible()
+    assert chart.locator("circle.mark").count() == page.locator("table.history tbody tr").count() == 8
+    assert page.locator("table.history tbody tr").first.locator("td").nth(2).inner_text() == "revert"
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    path = OUTPUT / f"history-{width}x{height}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
+    assert errors == []
+
+
+def test_undo_in_the_message_takes_back_a_delete_with_the_keyboard(page, live_server):
+    seed(live_server.url)
+    page.goto(page.url_of())
+    tab_to(page, "#engine-1 a.danger")
+    page.keyboard.press("Enter")
+    expect(page.locator("#delete-heading")).to_be_visible()
+    tab_to(page, "button.danger", back=True)
+    page.keyboard.press("Enter")
+    expect(page.locator(".flash .message")).to_have_text("Deleted “Main”.")
+    expect(spoken(page)).to_contain_text("Deleted “Main”.")
+    assert page.locator("#engine-1").count() == 0
+    assert tab_to(page, ".flash button") <= 2  # the Undo is next to the message, where the focus is
+    page.keyboard.press("Enter")
+    expect(page.locator(".flash .message")).to_have_text("Restored “Main”.")
+    expect(page.locator("#engine-1 td.title")).to_have_text("Main")
+    assert engine(live_server.url, 1)["version"] == 3
+
+
+def test_a_thrust_set_in_its_row_offers_undo_at_the_top(page, live_server):
+    seed(live_server.url)
+    page.goto(page.url_of())
+    tab_to(page, "#thrust-5")
+    page.keyboard.press("Control+A")
+    page.keyboard.type("70000")
+    page.keyboard.press("Enter")
+    expect(page.locator("#thrust-5-note")).to_have_text("Saved")
+    expect(page.locator(".flash .message")).to_have_text("“Vernier” thrust set to 70,000.")
+    page.locator(".flash").get_by_role("button", name="Undo").press("Enter")
+    expect(page.locator(".flash .message")).to_have_text("“Vernier” is back to thrust 60,000, as at version 1.")
+    expect(page.locator("#thrust-5")).to_have_value("60,000")
+    history = requests.get(f"{live_server.url}/api/engines/5/history", timeout=5).json()["history"]
+    assert [(h["version"], h["change"], h["thrust"]) for h in history] == \
+        [(3, "revert", 60_000), (2, "update", 70_000), (1, "create", 60_000)]
+
+
+def test_a_deleted_engine_is_restored_from_recently_deleted_with_the_keyboard(page, live_server):
+    seed(live_server.url)
+    requests.delete(f"{live_server.url}/api/engines/2", timeout=5)
+    page.goto(page.url_of())
+    tab_to(page, ".bar-nav a")
+    page.keyboard.press("Enter")
+    expect(page).to_have_title("Recently deleted · Engines")
+    tab_to(page, "#deleted-2 button")
+    page.keyboard.press("Enter")
+    expect(page.locator(".flash .message")).to_have_text("Restored “Ракета-носитель”.")
+    assert engine(live_server.url, 2)["thrust"] == 820_000

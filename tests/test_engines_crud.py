@@ -103,7 +103,7 @@ def test_quick_thrust_that_is_bad_says_why_and_changes_nothing(client, app):
 def test_delete_asks_first_then_deletes(client, app):
     add_engines(app, [{"title": "Main", "thrust": 1}, {"title": "Spare", "thrust": 2}])
     page = client.get("/engines/1/delete").get_data(as_text=True)
-    assert "Delete “<bdi>Main</bdi>”?" in page and "cannot be undone" in page
+    assert "Delete “<bdi>Main</bdi>”?" in page and "restore it later from Recently deleted" in page
     assert len(all_engines(app)) == 2
     response = form_post(client, "/engines/1/delete", {}, follow_redirects=True)
     assert "Deleted “Main”." in response.get_data(as_text=True)

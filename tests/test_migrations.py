@@ -26,6 +26,7 @@ import engines
 from conftest import (
     ROOT,
     all_engines,
+    assert_history_starts_at_the_upgrade,
     file_hash,
     make_revision_1_database,
     revision_1_rows,
@@ -103,7 +104,7 @@ def test_a_new_database_is_made_and_stamped_at_the_newest_revision(app, instance
 def test_schema_revision_names_the_newest_of_the_migrations(app):
     with app.app_context(), engines.db.engine.connect() as connection:
         _, script = engines.migrations(connection)
-        assert [s.revision for s in reversed(list(script.walk_revisions()))] == ["1", "2", "3", "4"]
+        assert [s.revision for s in reversed(list(script.walk_revisions()))] == ["1", "2", "3", "4", "5"]
         assert script.get_current_head() == engines.SCHEMA_REVISION
 
 
@@ -337,7 +338,66 @@ def test_a_database_an_earlier_release_made_opens_with_every_engine(instance_dir
         assert [(e["version"], e["updated_at"][:26]) for e in shown] == \
             [(version, updated_at.replace(" ", "T")) for _, _, _, version, updated_at in kept]
     assert client.post("/api/engines", json={"title": "New"}).get_json()["id"] == 11, "retired ids stay retired"
+    for engine in shown:  # each engine's history starts with the state it was upgraded in
+        history = client.get(f"/api/engines/{engine['id']}/history").get_json()["history"]
+        assert [(h["version"], h["thrust"], h["change"], h["source"], h["changed_by"]) for h in history] == \
+            [(engine["version"], engine["thrust"], "upgrade", "upgrade", None)]
     [backup] = backups(instance_dir)
     assert sqlite_dump(backup) == sqlite_dump(made)
     start(tmp_path / "new")
     assert schema_statements(database(instance_dir)) == schema_statements(database(tmp_path / "new"))
+
+
+# -- history starts at the upgrade, from every older revision ---------------------------------
+
+def database_at(path: Path, revision: str, app) -> None:
+    """A SQLite database as Engines' own migrations left it at `revision`
+    (1 to 4), with three engines: one at version 3 (from revision 2, which
+    brought versions), one renamed beyond ASCII, and the newest deleted."""
+    if revision == "1":
+        make_revision_1_database(f"sqlite:///{path}", [{"title": t, "thrust": n} for t, n in
+                                                       [("Main", 1200), ("Ракета", 800), ("Spare", 0), ("Gone", 1)]])
+    else:
+        database_engine = create_engine(f"sqlite:///{path}")
+        with app.app_context(), database_engine.connect() as connection, connection.begin():
+            config, _ = engines.migrations(connection)
+            command.upgrade(config, revision)
+            connection.exec_driver_sql(
+                "INSERT INTO engine (title, thrust, version, updated_at) VALUES"
+                " ('Main', 1200, 3, '2026-01-02 03:04:05.000006'), ('Ракета', 800, 1, '2026-02-01 00:00:00.000000'),"
+                " ('Spare', 0, 1, '2026-03-01 00:00:00.000000'), ('Gone', 1, 1, '2026-03-02 00:00:00.000000')")
+        database_engine.dispose()
+    with closing(sqlite3.connect(path)) as connection:
+        connection.execute("DELETE FROM engine WHERE id = 4")
+        connection.commit()
+
+
+@pytest.mark.parametrize("revision", ["1", "2", "3", "4"])
+def test_an_upgrade_from_every_older_revision_starts_each_engine_s_history_with_its_current_state(
+        app, instance_dir, tmp_path, revision):
+    older = tmp_path / "older"
+    older.mkdir()
+    database_at(database(older), revision, app)
+    upgraded = engines.create_app({"TESTING": True}, instance_path=older)
+    assert_history_starts_at_the_upgrade(upgraded)
+    client = upgraded.test_client()
+    # History goes on from there, and the ids it retired stay retired.
+    client.patch("/api/engines/1", json={"thrust": 1300})
+    history = client.get("/api/engines/1/history").get_json()["history"]
+    expected_version = 1 if revision == "1" else 3
+    assert [(h["version"], h["change"], h["thrust"]) for h in history] == \
+        [(expected_version + 1, "update", 1300), (expected_version, "upgrade", 1200)]
+    if revision != "1":
+        assert history[1]["changed_at"] == "2026-01-02T03:04:05.000006+00:00", "the time it took that state"
+    assert client.post("/api/engines", json={"title": "New"}).get_json()["id"] == 5
+    assert client.get("/api/engines/4/history").status_code == 404, "deleted before history was kept: no record"
+    assert [backup.name.split("-", 2)[2] for backup in backups(older)] == [f"rev{revision}-to-rev{HEAD}.sqlite3"]
+    assert schema_statements(database(older)) == schema_statements(database(instance_dir))
+
+
+def test_restoring_a_backup_from_before_history_starts_its_history_as_restored(app, runner, tmp_path):
+    older = tmp_path / "older.sqlite3"
+    database_at(older, "4", app)
+    result = runner.invoke(args=["restore", str(older)])
+    assert result.exit_code == 0, result.output
+    assert_history_starts_at_the_upgrade(app, source="restore")

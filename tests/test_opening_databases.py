@@ -22,7 +22,16 @@ import pytest
 from markupsafe import escape
 
 import engines
-from conftest import ROOT, all_engines, csrf_token, file_hash, need, schema_statements, sqlite_dump
+from conftest import (
+    ROOT,
+    all_engines,
+    assert_history_starts_at_the_upgrade,
+    csrf_token,
+    file_hash,
+    need,
+    schema_statements,
+    sqlite_dump,
+)
 
 TUTORIAL_SCRIPT = ROOT / "tests" / "tutorial_databases.py"
 HEAD = engines.SCHEMA_REVISION
@@ -109,6 +118,7 @@ def test_every_kind_of_database_the_tutorial_s_model_makes_opens_with_every_engi
     client = app.test_client()
 
     assert every_engine_through_the_api(client) == EVERY_KIND_UPGRADED
+    assert_history_starts_at_the_upgrade(app)
     page = the_page(client)
     for engine_id, title, thrust in EVERY_KIND_UPGRADED:
         assert str(escape(title)) in page

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import time
 from datetime import UTC, datetime
 
@@ -19,6 +20,7 @@ from conftest import (
     SEARCH_CASES,
     SEARCH_TITLES,
     all_engines,
+    assert_history_starts_at_the_upgrade,
     csrf_token,
     make_revision_1_database,
     revision_1_rows,
@@ -41,7 +43,7 @@ def test_a_new_postgresql_database_is_made_at_the_newest_revision(pg_app, pg_url
     with pg_app.app_context():
         assert engines.current_revision() == engines.SCHEMA_REVISION
     described = schema(pg_url)
-    assert described["tables"] == ["alembic_version", "engine", "engine_stats"]
+    assert described["tables"] == ["alembic_version", "engine", "engine_history", "engine_stats"]
     assert [c[0] for c in described["columns"]] == ["id", "title", "thrust", "version", "updated_at", "title_search"]
     assert described["pk"]["name"] == "engine_pkey"
 
@@ -53,6 +55,7 @@ def test_a_postgresql_database_from_before_migrations_is_upgraded_keeping_every_
     app = engines.create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": pg_url}, instance_path=instance_dir)
     try:
         assert all_engines(app) == [(i, r["title"], r["thrust"]) for i, r in enumerate(rows, 1)]
+        assert_history_starts_at_the_upgrade(app)
         client = app.test_client()
         listed = client.get("/api/engines?per_page=500").get_json()["engines"]
         assert {e["version"] for e in listed} == {1}
@@ -72,7 +75,8 @@ def test_an_upgraded_postgresql_database_has_the_schema_of_a_new_one(pg_url, pg_
         admin.execute(f"CREATE DATABASE {make_url(old_url).database} TEMPLATE template0")
     try:
         make_revision_1_database(old_url, revision_1_rows(10))
-        for url, folder in [(pg_url, "new"), (old_url, "upgraded")]:
+        for url, folder in [(pg_url, "new"), (old_url, "upgraded"), (old_url, "started again")]:
+            # Each start compares the whole schema with what a new database has.
             app = engines.create_app({"SQLALCHEMY_DATABASE_URI": url}, instance_path=instance_dir / folder)
             with app.app_context():
                 engines.db.engine.dispose()
@@ -217,6 +221,8 @@ def test_an_api_write_that_crosses_another_is_a_conflict_not_lost(pg_app, someon
     assert response.get_json()["engine"] | {"updated_at": None} == \
         {"id": 1, "title": "Theirs", "thrust": 1, "version": 2, "updated_at": None}
     assert all_engines(pg_app) == [(1, "Theirs", 1)]
+    assert [h["change"] for h in client.get("/api/engines/1/history").get_json()["history"]] == ["create"], \
+        "no record of the write that was refused"
 
 
 @pytest.mark.parametrize("url, data", [("/engines/1/thrust", {"thrust": "9"}), ("/engines/1/delete", {}),
@@ -230,6 +236,7 @@ def test_a_page_write_that_crosses_another_is_refused_not_lost(pg_app, someone_e
     page = response.get_data(as_text=True)
     assert "was changed by someone else since you read it" in page or "Someone else changed this engine" in page
     assert all_engines(pg_app) == [(1, "Theirs", 1)]
+    assert len(client.get("/api/engines/1/history").get_json()["history"]) == 1
 
 
 # -- databases Engines did not make, on the tutorial's own database system ----------------
@@ -259,6 +266,7 @@ def test_every_kind_of_database_the_tutorial_s_model_makes_on_postgresql_opens_w
         client = app.test_client()
         listed = client.get("/api/engines?per_page=500").get_json()["engines"]
         assert [(e["id"], e["title"], e["thrust"]) for e in listed] == POSTGRESQL_KINDS_UPGRADED
+        assert_history_starts_at_the_upgrade(app)
         page = client.get("/?per_page=500").get_data(as_text=True)
         assert all(str(escape(title)) in page for _, title, _ in POSTGRESQL_KINDS_UPGRADED)
         assert client.post("/api/engines", json={"title": "New"}).get_json()["id"] == 16
@@ -328,3 +336,99 @@ def test_no_id_the_api_cannot_reach_is_handed_out_on_postgresql(pg_app):
     assert refused.status_code == 409 and "no ids are left" in refused.get_json()["error"]
     assert client.get(f"/api/engines/{engines.MAX_INTEGER}").get_json()["title"] == "Top"
     assert all_engines(pg_app) == [(engines.MAX_INTEGER, "Top", 0)]
+
+
+# -- history ------------------------------------------------------------------------------
+
+def test_every_change_is_kept_on_postgresql_and_can_be_reverted_restored_and_undone(pg_app):
+    client = pg_app.test_client()
+    client.post("/api/engines", json={"title": "Main", "thrust": 10})
+    client.post("/api/engines", json={"title": "Spare", "thrust": 1})
+    client.patch("/api/engines/1", json={"thrust": 20})
+    assert client.post("/api/engines/1/revert", json={"version": 1}, headers={"If-Match": '"2"'}).status_code == 200
+    assert client.post("/api/engines/1/revert", json={"version": 1}, headers={"If-Match": '"2"'}).status_code == 409
+    client.delete("/api/engines/2")
+    assert [(e["id"], e["version"]) for e in client.get("/api/deleted").get_json()["engines"]] == [(2, 2)]
+    restored = client.post("/api/deleted/2/restore")
+    assert restored.status_code == 201 and restored.get_json()["version"] == 3
+    assert client.post("/api/engines", json={"title": "Third"}).get_json()["id"] == 3, "no id collides"
+    deleted = client.post("/engines/3/delete", data={"csrf_token": csrf_token(client)}, follow_redirects=True)
+    change = re.search(r'name="change" value="(\d+)"', deleted.get_data(as_text=True)).group(1)
+    client.post("/undo", data={"csrf_token": csrf_token(client), "change": change})
+    assert all_engines(pg_app) == [(1, "Main", 10), (2, "Spare", 1), (3, "Third", 0)]
+    history = client.get("/api/engines/1/history?per_page=2").get_json()
+    assert [(h["version"], h["change"], h["thrust"]) for h in history["history"]] == \
+        [(3, "revert", 10), (2, "update", 20)]
+    assert [h["change"] for h in client.get(history["next"]).get_json()["history"]] == ["create"]
+    assert [h["change"] for h in client.get("/api/engines/3/history").get_json()["history"]] == \
+        ["restore", "delete", "create"]
+    sparks = client.get("/").get_data(as_text=True)
+    assert sparks.count('<svg class="spark"') == 3
+    assert "Thrust of “Main” over time" in client.get("/engines/1/history").get_data(as_text=True)
+
+
+def test_imports_seeds_and_retention_keep_history_on_postgresql(pg_app, pg_url):
+    runner, client = pg_app.test_cli_runner(), pg_app.test_client()
+    assert runner.invoke(args=["seed", "--count", "3"]).exit_code == 0
+    with pg_app.app_context():
+        assert engines.import_engines(io.BytesIO(b"title,thrust\nA,1\nB,2\n")) == 2
+        assert engines.import_engines(io.BytesIO(b"id,title,thrust\n20,C,3\n")) == 1
+    recorded = {engine_id: client.get(f"/api/engines/{engine_id}/history").get_json()["history"]
+                for engine_id in (1, 4, 5, 20)}
+    assert [(h["change"], h["source"]) for h in recorded[1]] == [("create", "cli")]
+    assert [(h["change"], h["source"], h["title"]) for h in recorded[4] + recorded[5] + recorded[20]] == \
+        [("import", "import", "A"), ("import", "import", "B"), ("import", "import", "C")]
+    client.patch("/api/engines/1", json={"thrust": 5})
+    database = create_engine(pg_url)
+    with database.begin() as connection:
+        connection.execute(text("UPDATE engine_history SET changed_at = changed_at - interval '40 days'"))
+    database.dispose()
+    result = runner.invoke(args=["prune-history", "--keep-days", "30"])
+    assert result.output.startswith("Removed 1 history record ")
+    assert [h["version"] for h in client.get("/api/engines/1/history").get_json()["history"]] == [2]
+
+
+@pytest.mark.parametrize("named_twice", [False, True])
+def test_a_postgresql_database_at_revision_4_starts_its_history_and_opens_again(pg_url, instance_dir, named_twice):
+    """At revision 4 as a new database was made then, or as Engines 1.0.0
+    upgraded one from revision 1 or 2: its CHECK constraints named twice over
+    (engine_engine_id_check_check), which the next start refused."""
+    scratch = pg_app_on(f"sqlite:///{instance_dir / 'scratch.sqlite3'}", instance_dir / "scratch")
+    with scratch.app_context():
+        older = create_engine(pg_url)
+        with older.connect() as connection, connection.begin():
+            config, _ = engines.migrations(connection)
+            command.upgrade(config, "4")
+            connection.exec_driver_sql("INSERT INTO engine (title, thrust, updated_at) VALUES ('Main', 5, now())")
+            for name in ("id", "title", "thrust", "version") if named_twice else ():
+                connection.exec_driver_sql(
+                    f"ALTER TABLE engine RENAME CONSTRAINT engine_{name}_check TO engine_engine_{name}_check_check")
+        older.dispose()
+    for start in ("upgrading", "again"):
+        app = pg_app_on(pg_url, instance_dir / start)
+        try:
+            assert all_engines(app) == [(1, "Main", 5)]
+            assert_history_starts_at_the_upgrade(app)
+        finally:
+            dispose(app)
+    database = create_engine(pg_url)
+    with database.connect() as connection:
+        checks = connection.scalars(text("SELECT conname FROM pg_constraint WHERE conrelid = 'engine'::regclass"
+                                         " AND contype = 'c' ORDER BY conname")).all()
+    database.dispose()
+    assert checks == ["engine_id_check", "engine_thrust_check", "engine_title_check", "engine_version_check"]
+
+
+def test_an_import_is_undone_and_redone_on_postgresql(pg_app):
+    client = pg_app.test_client()
+    client.post("/api/engines", json={"title": "Before"})
+    imported = client.post("/import", data={"csrf_token": csrf_token(client), "file": (
+        io.BytesIO(b"title,thrust\nA,1\nB,2\nC,3\n"), "three.csv")}, follow_redirects=True)
+    fields = dict(re.findall(r'name="(change|through)" value="(\d+)"', imported.get_data(as_text=True)))
+    undone = client.post("/undo", data={"csrf_token": csrf_token(client), **fields}, follow_redirects=True)
+    assert "Deleted 3 engines" in undone.get_data(as_text=True) and all_engines(pg_app) == [(1, "Before", 0)]
+    fields = dict(re.findall(r'name="(change|through)" value="(\d+)"', undone.get_data(as_text=True)))
+    client.post("/undo", data={"csrf_token": csrf_token(client), **fields})
+    assert all_engines(pg_app) == [(1, "Before", 0), (2, "A", 1), (3, "B", 2), (4, "C", 3)]
+    assert client.get("/api/engines?q=b").get_json()["total"] == 2  # Before, B
+    assert client.post("/api/engines", json={"title": "D"}).get_json()["id"] == 5

@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -181,6 +181,70 @@ def test_every_acknowledged_write_survives_kill_9(tmp_path):
         assert on_disk == acknowledged
     assert len(acknowledged) > 20
 
+
+def change_until_killed(url: str, cycle: int, acknowledged: list, in_flight: list) -> None:
+    """Create, change, delete, restore and revert engines until the server
+    dies; record each change that got a 2xx as the history record it must
+    have written (engine, version, change, title, thrust), and the one whose
+    answer never came."""
+    http = requests.Session()
+    api = f"{url}/api"
+    for i in range(100_000):
+        title = f"history-{cycle}-{i}"
+        steps = [("POST", f"{api}/engines", {"title": title, "thrust": i}, "create", i),
+                 ("PATCH", None, {"thrust": i + 1}, "update", i + 1)]
+        if i % 2:
+            steps += [("DELETE", None, None, "delete", i + 1), ("POST", "restore", None, "restore", i + 1),
+                      ("POST", "revert", {"version": 1}, "revert", i)]
+        engine_id, version = None, 0
+        for method, where, body, change, thrust in steps:
+            target = {None: f"{api}/engines/{engine_id}", "restore": f"{api}/deleted/{engine_id}/restore",
+                      "revert": f"{api}/engines/{engine_id}/revert"}.get(where, where)
+            in_flight[:] = [(engine_id, version + 1, change, title, thrust)]
+            try:
+                response = http.request(method, target, json=body, timeout=10)
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
+                return  # killed before the answer, or in the middle of it: not acknowledged
+            assert response.status_code in (200, 201, 204), response.text
+            engine_id, version = engine_id or response.json()["id"], version + 1
+            acknowledged.append((engine_id, version, change, title, thrust))
+            in_flight.clear()
+
+
+def test_after_kill_9_history_holds_exactly_the_changes_that_committed(tmp_path):
+    instance = tmp_path / "instance"
+    db_file = instance / "engines.sqlite3"
+    acknowledged: list[tuple] = []
+    rng = random.Random(10)
+    for cycle in range(4):
+        server = LiveServer(instance)
+        in_flight: list = []
+        writer = threading.Thread(target=change_until_killed, args=(server.url, cycle, acknowledged, in_flight))
+        writer.start()
+        time.sleep(rng.uniform(0.4, 1.5))
+        server.stop(signal.SIGKILL)
+        writer.join(30)
+        assert not writer.is_alive()
+        assert integrity(db_file) == "ok"
+        with closing(sqlite3.connect(db_file)) as connection:
+            records = connection.execute("SELECT engine_id, version, change, title, thrust FROM engine_history"
+                                         " ORDER BY id").fetchall()
+            state = {engine_id: (version, title, thrust) for engine_id, version, title, thrust
+                     in connection.execute("SELECT id, version, title, thrust FROM engine")}
+        # The change in flight when the server died is recorded if and only if it
+        # committed; no other change is recorded but the acknowledged ones.
+        if records != acknowledged:
+            [(engine_id, version, change, title, thrust)] = in_flight
+            landed = records[-1]
+            assert records[:-1] == acknowledged and landed[1:] == (version, change, title, thrust)
+            assert engine_id in (None, landed[0])
+            acknowledged.append(landed)
+        assert records == acknowledged
+        # Every engine is what its newest record says; every engine not there was deleted by a recorded delete.
+        newest = {engine_id: (version, change, title, thrust) for engine_id, version, change, title, thrust in records}
+        assert {i: (v, t, th) for i, (v, change, t, th) in newest.items() if change != "delete"} == state
+    assert len(acknowledged) > 40 and {change for _, _, change, _, _ in acknowledged} == \
+        {"create", "update", "delete", "restore", "revert"}
 
 # -- bad database files ------------------------------------------------------------------
 

@@ -151,9 +151,14 @@ def test_a_search_matching_more_than_a_thousand_says_so(many, client):
 
 # -- what a request reads ---------------------------------------------------------------
 
-def seeded(tmp_path: Path, count: int):
-    app = engines.create_app({"TESTING": True}, instance_path=tmp_path / f"engines-{count}")
+def seeded(tmp_path: Path, count: int, name: str = "engines"):
+    """`count` engines made by `flask seed`, with their history, and ten of
+    them deleted (ids 11 to 20), for the Recently deleted list."""
+    app = engines.create_app({"TESTING": True}, instance_path=tmp_path / f"{name}-{count}")
     assert app.test_cli_runner().invoke(args=["seed", "--count", str(count)]).exit_code == 0
+    client = app.test_client()
+    for engine_id in range(11, 21):
+        assert client.delete(f"/api/engines/{engine_id}").status_code == 204
     return app
 
 
@@ -190,6 +195,10 @@ def deep_cursor(app, key: str) -> str:
 
 REQUESTS = {
     "the JSON list": ("GET", lambda app: "/api/engines"),
+    "an engine's history": ("GET", lambda app: "/api/engines/1500/history"),
+    "the History page": ("GET", lambda app: "/engines/1500/history"),
+    "the deleted engines": ("GET", lambda app: "/api/deleted"),
+    "a revert": ("POST", lambda app: "/api/engines/1500/revert"),
     "the page": ("GET", lambda app: "/"),
     "one engine": ("GET", lambda app: "/api/engines/1500"),
     "a change": ("PATCH", lambda app: "/api/engines/1500"),
@@ -218,12 +227,48 @@ def small_and_large(tmp_path_factory):
     return seeded(folder, 3_000), seeded(folder, 30_000)
 
 
+def body_of(method: str) -> dict:
+    return {"json": {"thrust": 7}} if method == "PATCH" else {"json": {"version": 1}} if method == "POST" else {}
+
+
 @pytest.mark.parametrize("name", REQUESTS)
 def test_no_request_reads_more_when_there_are_ten_times_the_engines(small_and_large, name):
     method, url = REQUESTS[name]
-    options = {"json": {"thrust": 7}} if method == "PATCH" else {}
-    small, large = (steps_of(app, method, url(app), **options) for app in small_and_large)
+    small, large = (steps_of(app, method, url(app), **body_of(method)) for app in small_and_large)
     assert large <= 1.5 * small + 5, f"{small}k steps at 3,000 engines, {large}k at 30,000"
+
+
+def with_history(app, changes: int):
+    """Add `changes` history records to each of the app's first 3,000 engines,
+    straight into the table, as if each had been changed that many times."""
+    with closing(sqlite3.connect(Path(app.instance_path) / "engines.sqlite3")) as connection:
+        connection.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < :last)"
+            " INSERT INTO engine_history (engine_id, version, title, thrust, changed_at, change, source, changed_by)"
+            " SELECT i / :changes + 1, i % :changes + 2, printf('Engine %06d', i / :changes + 1), (i * 7919) % 100001,"
+            " '2026-01-01 00:00:00.000000', 'update', 'api', 'tester' FROM n", {"last": 3000 * changes - 1,
+                                                                                 "changes": changes})
+        connection.commit()
+    return app
+
+
+@pytest.fixture(scope="module")
+def short_and_long_history(tmp_path_factory):
+    """3,000 engines each with 20 history records (a full sparkline each),
+    and 3,000 with 334 each: a million records."""
+    folder = tmp_path_factory.mktemp("history")
+    return (with_history(seeded(folder, 3_000, "short-history"), engines.SPARKLINE_CHANGES),
+            with_history(seeded(folder, 3_000, "long-history"), 334))
+
+
+@pytest.mark.parametrize("name", REQUESTS)
+def test_a_million_history_records_make_no_request_read_more(short_and_long_history, name):
+    """The list (its sparklines read each engine's newest records), search,
+    PATCH, an engine's history, the deleted engines: none reads more with a
+    million history records than with 60,000."""
+    method, url = REQUESTS[name]
+    short, long = (steps_of(app, method, url(app), **body_of(method)) for app in short_and_long_history)
+    assert long <= 1.5 * short + 5, f"{short}k steps with 60,000 history records, {long}k with a million"
 
 
 def test_a_rare_short_search_is_the_one_that_reads_every_engine(small_and_large):

@@ -224,7 +224,10 @@ def constrain_on_postgresql(bind) -> None:
     op.alter_column("engine", "title", existing_type=sa.String(MAX_TITLE), nullable=False)
     op.alter_column("engine", "thrust", existing_type=sa.Integer(), nullable=False)
     for check in checks(on_sqlite=False):
-        op.create_check_constraint(check.name, "engine", check.sqltext)
+        # op.f: the name as it is. Engines 1.0.0 let Alembic apply the naming
+        # convention to it, which named it twice over (engine_engine_id_check_check);
+        # revision 5 renames those.
+        op.create_check_constraint(op.f(check.name), "engine", check.sqltext)
     # Ids given anew continue above the sequence: it must not hand them out again.
     op.execute(sa.text(
         "SELECT setval(pg_get_serial_sequence('engine', 'id'), (SELECT max(id) FROM engine))"
