@@ -198,6 +198,7 @@ def test_search_sort_and_pages_with_the_keyboard_keep_the_focus_where_it_was(pag
     assert page.locator("tbody tr").first.get_attribute("id") == "engine-120"
     page.keyboard.press("Enter")
     expect(page.locator("th[aria-sort]")).to_have_attribute("aria-sort", "ascending")
+    expect(page.locator("#sort-thrust")).to_be_focused()  # the page has loaded and placed the focus
     page.keyboard.press("?")
     expect(page.locator("#shortcuts")).to_be_visible()
     page.screenshot(path=str(OUTPUT / "shortcuts.png"))

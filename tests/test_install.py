@@ -48,18 +48,26 @@ def next_version(version: str) -> str:
 
 @pytest.fixture(scope="session")
 def debs(tmp_path_factory) -> dict[str, Path]:
-    """packaging/deb/build run twice: {"this": the package of this source,
-    "next": the same built as the next version, to upgrade to}."""
+    """packaging/deb/build run twice, at the same time (each is one core's
+    work for about a minute, and tests/run has installed what they need):
+    {"this": the package of this source, "next": the same built as the next
+    version, to upgrade to}."""
     need(Path("/usr/bin/dpkg-deb").exists(), "dpkg is not installed (the package is built on Debian)")
-    built = {}
+    builds = {}
     for name, version in (("this", None), ("next", next_version(engines.__version__))):
         out = tmp_path_factory.mktemp(name)
         env = {key: value for key, value in os.environ.items() if key != "ENGINES_VERSION"}
         if version:
             env["ENGINES_VERSION"] = version
-        build = subprocess.run([str(ROOT / "packaging" / "deb" / "build"), str(out)], env=env,
-                               capture_output=True, text=True, timeout=900)
-        assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-5000:]
+        env["PYINSTALLER_CONFIG_DIR"] = str(out.parent / f"{name}-pyinstaller-cache")  # no cache shared by the two
+        log = out.parent / f"{name}-build.log"
+        with log.open("w") as output:
+            process = subprocess.Popen([str(ROOT / "packaging" / "deb" / "build"), str(out)], env=env,
+                                       stdout=output, stderr=subprocess.STDOUT)
+        builds[name] = (process, out, log)
+    built = {}
+    for name, (process, out, log) in builds.items():
+        assert process.wait(timeout=900) == 0, log.read_text()[-8000:]
         (built[name],) = out.iterdir()
     return built
 
