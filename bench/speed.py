@@ -71,7 +71,7 @@ class Case:
 
     key: str
     label: str
-    server: str  # "engines", "bare" or "datasette"
+    server: str  # "engines", "bare", "datasette" or "engines-no-history"
     path: str
     mode: str = "fixed"  # or "get-random", "patch-random" (bench/wrk.lua)
     checks: list[tuple] = field(default_factory=list)  # ("ratio", base case, at least) | ("p99", ms) | ("errors",)
@@ -114,10 +114,15 @@ def request_cases(cursors: dict[str, str]) -> list[Case]:
     cases += [
         Case("get-one", "GET /api/engines/<random id>", "engines", "/api/engines/1", "get-random",
              checks=[("ratio", "bare", 0.40)]),
+        Case("patch-no-history", "PATCH, no history written (baseline)", "engines-no-history", "/api/engines/1",
+             "patch-random"),
         Case("patch", 'PATCH <random id> {"thrust": n}', "engines", "/api/engines/1", "patch-random",
-             checks=[("ratio", "bare", 0.15), ("p99", 50), ("errors",)]),
+             checks=[("ratio", "bare", 0.15), ("ratio", "patch-no-history", 0.80), ("p99", 50), ("errors",)]),
     ]
     return cases
+
+
+BASE_NAMES = {"bare": "bare", "datasette": "datasette", "patch-no-history": "PATCH without history"}
 
 
 def goal_text(checks: list[tuple]) -> str:
@@ -125,7 +130,7 @@ def goal_text(checks: list[tuple]) -> str:
     for check in checks:
         if check[0] == "ratio":
             base, least = check[1], check[2]
-            name = {"bare": "bare", "datasette": "datasette"}.get(base, "sort by id")
+            name = BASE_NAMES.get(base, "sort by id")
             words.append(f">= {least:.0%} of {name}" if least < 1 else f">= {least:g}x {name}")
         elif check[0] == "p99":
             words.append(f"p99 <= {check[1]} ms")
@@ -249,6 +254,12 @@ def start_engines(instance: Path, logs: Path) -> Server:
                   logs / "engines.log", r"running at (http://127\.0\.0\.1:\d+)/")
 
 
+def start_engines_without_history(instance: Path, logs: Path) -> Server:
+    return Server("Engines without history", [sys.executable, str(ROOT / "bench" / "engines_without_history.py"),
+                                              "--serve", "--port", "0", "--instance", str(instance)],
+                  logs / "engines-no-history.log", r"running at (http://127\.0\.0\.1:\d+)/")
+
+
 def start_bare_flask(logs: Path) -> Server:
     return Server("bare Flask", [sys.executable, str(ROOT / "bench" / "bare_flask.py"), "--port", "0"],
                   logs / "bare_flask.log", r"running at (http://127\.0\.0\.1:\d+)/")
@@ -341,6 +352,9 @@ def measure_size(size: int, database: Path, bare: Server, args, work: Path) -> t
     servers = {"bare": bare}
     try:
         servers["engines"] = start_engines(instance, logs)
+        without_history = work / f"engines-no-history-{size}"
+        fresh_copy(database, without_history)
+        servers["engines-no-history"] = start_engines_without_history(without_history, logs)
         servers["datasette"] = start_datasette(datasette_file, logs)
         cases = request_cases(deep_cursors(database, size))
         runs: dict[str, list[dict]] = {case.key: [] for case in cases}
@@ -357,7 +371,7 @@ def measure_size(size: int, database: Path, bare: Server, args, work: Path) -> t
                       f"p99 {milliseconds(figures['p99_ms']):>9}  errors {figures['errors']}", flush=True)
         rss = servers["engines"].rss()
     finally:
-        for name in ("engines", "datasette"):
+        for name in ("engines", "engines-no-history", "datasette"):
             if name in servers:
                 servers[name].stop()
     return {case.key: median_figures(runs[case.key]) for case in cases}, rss
@@ -603,7 +617,7 @@ def judge_request(case: Case, size: int, first: int, figures: dict[int, dict]) -
     row = {"key": case.key, "case": case.label, "size": size, "rps": mine["rps"], "p50_ms": mine["p50_ms"],
            "p99_ms": mine["p99_ms"], "errors": mine["errors"], "x_bare": ratio("bare"), "met": None, "measured": ""}
     if case.server != "engines":
-        row["goal"] = "baseline" if case.key in ("bare", "datasette") else "reference"
+        row["goal"] = "baseline" if case.key in BASE_NAMES else "reference"
         return row
     if size == first and not case.checks:
         row["goal"] = "baseline of sort"
@@ -616,7 +630,7 @@ def judge_request(case: Case, size: int, first: int, figures: dict[int, dict]) -
                 value = ratio(check[1])
                 met &= value is not None and value >= check[2]
                 if check[1] != "bare":
-                    notes.append(f"{value or 0:.2f}x {'datasette' if check[1] == 'datasette' else 'sort by id'}")
+                    notes.append(f"{value or 0:.2f}x {BASE_NAMES.get(check[1], 'sort by id')}")
             elif check[0] == "p99":
                 met &= mine["p99_ms"] is not None and mine["p99_ms"] <= check[1]
     else:

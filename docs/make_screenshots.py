@@ -7,7 +7,10 @@ instance folder of its own in a temporary folder (so the page shows
 `~/.local/share/Engines/…`, as on a user's machine, and no path of this
 checkout), fills it with real engines over the JSON API, and takes the
 screenshots with Debian's Chromium: docs/screenshot.png (light, 1100x760),
-docs/screenshot-dark.png (dark) and docs/screenshot-narrow.png (390x844).
+docs/screenshot-dark.png (dark), docs/screenshot-narrow.png (390x844) and
+docs/history.png (the History page of an engine whose thrust changed over
+the years: its records are dated back in the demo database, since they are
+all made in the same second here).
 Then, where Xvfb and pywebview with GTK are installed (tests/run installs
 them), it opens Engines' window on a screen of its own for docs/window.png,
 driven by the window tests' tests/window_scripts/look_and_close.py.
@@ -18,9 +21,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
+from contextlib import closing
 from pathlib import Path
 
 import requests
@@ -39,6 +44,11 @@ DEMO_ENGINES = [
     ("R-4D", 490), ("MR-103 attitude thruster", 1), ("Cold-gas thruster (spare)", 0), ("Archimedes", 0),
     ("J-2", 1_033_000), ("RD-0124", 294_000), ("Aeon 1", 162_000),
 ]
+# One engine's thrust over the years, oldest first (its last is its thrust in DEMO_ENGINES), and how many
+# days before today each version was made.
+HISTORY_ENGINE = "Raptor 2"
+HISTORY_THRUSTS = [(1_700_000, 1400), (1_810_000, 1150), (1_850_000, 900), (2_000_000, 700), (1_900_000, 520),
+                   (2_200_000, 300), (2_300_000, 90)]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 
@@ -50,6 +60,27 @@ def start_engines(home: Path) -> tuple[subprocess.Popen, str]:
                                env={**os.environ, "HOME": str(home)})
     url = re.search(r"http://127\.0\.0\.1:\d+", process.stdout.readline()).group(0)
     return process, url
+
+
+def add_demo_engines(url: str, instance: Path) -> int:
+    """The demo engines, over the API; HISTORY_ENGINE changed through its
+    HISTORY_THRUSTS, then its records dated back. Returns its id."""
+    history_id = 0
+    for title, thrust in DEMO_ENGINES:
+        first = HISTORY_THRUSTS[0][0] if title == HISTORY_ENGINE else thrust
+        engine = requests.post(f"{url}/api/engines", json={"title": title, "thrust": first}, timeout=10).json()
+        if title == HISTORY_ENGINE:
+            history_id = engine["id"]
+            for later, _ in HISTORY_THRUSTS[1:]:
+                requests.patch(f"{url}/api/engines/{history_id}", json={"thrust": later}, timeout=10)
+    with closing(sqlite3.connect(instance / "engines.sqlite3")) as connection:
+        ids = [row[0] for row in connection.execute(
+            "SELECT id FROM engine_history WHERE engine_id = ? ORDER BY id", (history_id,))]
+        for record_id, (_, days) in zip(ids, HISTORY_THRUSTS, strict=True):
+            connection.execute("UPDATE engine_history SET changed_at = strftime('%Y-%m-%d %H:%M:%f000', changed_at,"
+                               f" '-{days} days') WHERE id = ?", (record_id,))
+        connection.commit()
+    return history_id
 
 
 def window_screenshot(home: Path, target: Path) -> bool:
@@ -80,8 +111,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="engines-demo-") as folder:
         process, url = start_engines(Path(folder))
         try:
-            for title, thrust in DEMO_ENGINES:
-                requests.post(f"{url}/api/engines", json={"title": title, "thrust": thrust}, timeout=10)
+            history_id = add_demo_engines(url, Path(folder) / ".local" / "share" / "Engines")
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
                 shots = [("screenshot.png", "light", 1100, 760), ("screenshot-dark.png", "dark", 1100, 760),
@@ -91,11 +121,15 @@ def main() -> None:
                     page.goto(f"{url}/?sort=-thrust&q=")
                     page.screenshot(path=str(DOCS / name))
                     page.close()
+                page = browser.new_page(viewport={"width": 1100, "height": 760})
+                page.goto(f"{url}/engines/{history_id}/history")
+                page.screenshot(path=str(DOCS / "history.png"))
+                page.close()
                 browser.close()
         finally:
             process.terminate()
             process.wait(15)
-        wrote = [f"docs/{name}" for name, *_ in shots]
+        wrote = [f"docs/{name}" for name, *_ in shots] + ["docs/history.png"]
         if window_screenshot(Path(folder), DOCS / "window.png"):
             wrote.append("docs/window.png")
     print("wrote", ", ".join(wrote))
