@@ -1270,7 +1270,7 @@ def deleted_engines(per_page: int = DEFAULT_PER_PAGE, after: str | None = None) 
 SPARKLINE_SIZE = (64, 18)  # the box of a list row's line of recent thrust, in px
 SPARKLINE_SCALE = 10  # its points are whole numbers in a box this many times as large: quick to write
 CHART_SIZE = (720, 260)  # the History page's chart
-CHART_MARGINS = (80, 20, 16, 48)  # left, right, top, bottom: room for the axes' labels
+CHART_MARGINS = (100, 20, 16, 48)  # left, right, top, bottom: room for the axes' labels
 
 
 class Sparkline(NamedTuple):

@@ -308,7 +308,7 @@ def test_the_history_page_has_a_table_of_versions_and_an_accessible_chart_of_thr
     assert "thrust from 1,000 to 2,000, highest 4,000, lowest 1,000" in description
     assert len(re.findall(r'<circle class="mark', svg)) == 3
     assert "Time (UTC) from " in svg and ">Thrust</text>" in svg and ">4,000</text>" in svg and ">0</text>" in svg
-    rows = re.findall(r'<tr class="change-(\w+)">\s*<td class="num">(\d+)</td>', page)
+    rows = re.findall(r'<tr class="change-(\w+)">\s*<td class="num" data-label="Version">(\d+)</td>', page)
     assert rows == [("update", "3"), ("update", "2"), ("create", "1")]
     assert page.count("Revert to this") == 2
 
