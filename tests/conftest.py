@@ -34,6 +34,43 @@ WINDOW_SCRIPTS = ROOT / "tests" / "window_scripts"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), default=None, key=lambda p: int(p.parent.name))
 
+# -- The onefile binary, built beside the tests that come before its own -----------------------------
+
+ONEFILE_BUILD: dict = {}  # the PyInstaller build of dist/engines: "process", "work", "log"
+
+
+def start_onefile_build() -> dict:
+    """Start PyInstaller's onefile build of build.spec into a temporary
+    folder, once (it is about a minute of one core's work); tests/test_packaging.py's
+    `binary` fixture waits for it."""
+    if not ONEFILE_BUILD:
+        work = Path(tempfile.mkdtemp(prefix="engines-onefile-"))
+        log = work / "build.log"
+        with log.open("w") as output:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "PyInstaller", str(ROOT / "build.spec"), "--noconfirm",
+                 "--distpath", str(work / "dist"), "--workpath", str(work / "build")],
+                cwd=work, stdout=output, stderr=subprocess.STDOUT)
+        ONEFILE_BUILD.update(process=process, work=work, log=log)
+    return ONEFILE_BUILD
+
+
+def pytest_collection_finish(session):
+    """When the binary's tests are to run, start building it now, on the
+    second core, while the tests before them run: not on its own later."""
+    if importlib.util.find_spec("PyInstaller") is not None and any(
+            item.path.name == "test_packaging.py" for item in session.items):
+        start_onefile_build()
+
+
+def pytest_sessionfinish(session):
+    if ONEFILE_BUILD:
+        if ONEFILE_BUILD["process"].poll() is None:
+            ONEFILE_BUILD["process"].kill()
+            ONEFILE_BUILD["process"].wait()
+        shutil.rmtree(ONEFILE_BUILD["work"], ignore_errors=True)
+
+
 settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
 settings.register_profile("dev", deadline=None)
 settings.load_profile("ci" if IN_CI else "dev")

@@ -10,30 +10,25 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from conftest import ROOT, WindowedEngines, need, need_a_window
+from conftest import WindowedEngines, need, need_a_window, start_onefile_build
 
 
 @pytest.fixture(scope="session")
-def binary(tmp_path_factory) -> Path:
-    """dist/engines, built from build.spec into a temporary folder."""
+def binary() -> Path:
+    """dist/engines, built from build.spec into a temporary folder (the build
+    starts when the tests are collected: conftest.start_onefile_build)."""
     need(importlib.util.find_spec("PyInstaller") is not None, "PyInstaller is not installed (requirements-dev.txt)")
     need(shutil.which("objdump") is not None, "binutils is not installed (Debian package binutils)")
     need(shutil.which("patchelf") is not None, "patchelf is not installed (Debian package patchelf)")
-    work = tmp_path_factory.mktemp("pyinstaller")
-    build = subprocess.run(
-        [sys.executable, "-m", "PyInstaller", str(ROOT / "build.spec"), "--noconfirm",
-         "--distpath", str(work / "dist"), "--workpath", str(work / "build")],
-        cwd=work, capture_output=True, text=True, timeout=900,
-    )
-    assert build.returncode == 0, build.stderr[-5000:]
-    return work / "dist" / "engines"
+    build = start_onefile_build()
+    assert build["process"].wait(timeout=900) == 0, build["log"].read_text()[-5000:]
+    return build["work"] / "dist" / "engines"
 
 
 def user_env(tmp_path: Path, **extra: str) -> dict:
