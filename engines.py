@@ -5,6 +5,22 @@ history of every change (undo, restore, revert), the app factory, schema
 upgrades and backups, the HTML pages, the JSON API, the `flask --app engines`
 commands and the launcher that serves it on 127.0.0.1 (`python engines.py
 --help`).
+
+Contents, in reading order (each a section headed by a ruled comment):
+
+1. The model and its validation
+2. Listing and search
+3. Export and import
+4. History: every change kept, undo, and deleted engines
+5. Configuration and the app factory
+6. Schema upgrades, backups and restore
+7. Guarding a server on the user's own machine
+8. The HTML pages
+9. The JSON API
+10. Errors: JSON under /api/, a page elsewhere
+11. Commands: flask --app engines ...
+12. Serving: python engines.py
+13. The window: python engines.py --window (the binary's default)
 """
 
 from __future__ import annotations
