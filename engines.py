@@ -149,7 +149,7 @@ MAX_CHANGED_BY = 128
 TOKEN_HOLDER = "token holder"  # who changed an engine through a server that asks for a token
 SPARKLINE_CHANGES = 20  # the recent thrusts a row of the list draws
 SEARCH_COUNT_LIMIT = 1000  # a search counts its matches up to here: beyond, "1,000+"
-SCHEMA_REVISION = "5"  # the newest revision in migrations/versions/, which the model matches
+SCHEMA_REVISION = "6"  # the newest revision in migrations/versions/, which the model matches
 BACKUP_KEEP = 10  # automatic backups kept in <instance>/backups/
 EXPORT_FIELDS = ("id", "title", "thrust", "version", "updated_at")
 EXPORT_BATCH = 1000  # engines read at a time while an export streams
@@ -336,9 +336,16 @@ SQLITE_SEARCH_DDL = [
     "CREATE TRIGGER engine_removed AFTER DELETE ON engine BEGIN"
     f" INSERT INTO engine_fts (engine_fts, rowid, text) VALUES ('delete', OLD.id, {SEARCH_DOCUMENT.format(row='OLD')});"
     " UPDATE engine_stats SET engines = engines - 1; END",
+    # A title another program changed keeps no title_search of its old
+    # title (revision 6): search folds it itself until Engines saves it. The
+    # UPDATE fires no trigger (recursive_triggers is off): the document is
+    # read from the row as stored after it.
     "CREATE TRIGGER engine_retitled AFTER UPDATE OF id, title, title_search ON engine BEGIN"
     f" INSERT INTO engine_fts (engine_fts, rowid, text) VALUES ('delete', OLD.id, {SEARCH_DOCUMENT.format(row='OLD')});"
-    f" INSERT INTO engine_fts (rowid, text) VALUES (NEW.id, {SEARCH_DOCUMENT.format(row='NEW')}); END",
+    " UPDATE engine SET title_search = NULL WHERE id = NEW.id AND NEW.title IS NOT OLD.title"
+    " AND NEW.title_search IS OLD.title_search AND NEW.title_search IS NOT NULL;"
+    f" INSERT INTO engine_fts (rowid, text) SELECT id, {SEARCH_DOCUMENT.format(row='engine')} FROM engine"
+    " WHERE id = NEW.id; END",
 ]
 POSTGRESQL_SEARCH_DDL = [
     "CREATE EXTENSION IF NOT EXISTS pg_trgm",
@@ -587,12 +594,15 @@ def search_candidates(q: str):
     index finds them (q as a phrase: its trigrams one after the other), to
     which title_contains is still applied; None otherwise (PostgreSQL's
     planner uses its index by itself; a trigram index cannot find one or
-    two characters)."""
+    two characters). Where q's casefold is not its lowercase (`Größe` folds
+    to `grösse`), q as typed is a phrase too: a title another program wrote
+    is indexed without its casefold, with FTS5's own folding of case."""
     folded = q.casefold()
     if db.engine.dialect.name != "sqlite" or len(folded) < 3:
         return None
-    phrase = '"' + folded.replace('"', '""') + '"'
-    return select(engine_fts.c.rowid).where(engine_fts.c.engine_fts.op("MATCH")(phrase))
+    phrases = [folded] + ([q] if len(q) >= 3 and q.lower() != folded else [])
+    query = " OR ".join('"' + phrase.replace('"', '""') + '"' for phrase in phrases)
+    return select(engine_fts.c.rowid).where(engine_fts.c.engine_fts.op("MATCH")(query))
 
 
 def read(statement, parameters: dict | None = None):

@@ -104,7 +104,7 @@ def test_a_new_database_is_made_and_stamped_at_the_newest_revision(app, instance
 def test_schema_revision_names_the_newest_of_the_migrations(app):
     with app.app_context(), engines.db.engine.connect() as connection:
         _, script = engines.migrations(connection)
-        assert [s.revision for s in reversed(list(script.walk_revisions()))] == ["1", "2", "3", "4", "5"]
+        assert [s.revision for s in reversed(list(script.walk_revisions()))] == ["1", "2", "3", "4", "5", "6"]
         assert script.get_current_head() == engines.SCHEMA_REVISION
 
 
@@ -401,3 +401,25 @@ def test_restoring_a_backup_from_before_history_starts_its_history_as_restored(a
     result = runner.invoke(args=["restore", str(older)])
     assert result.exit_code == 0, result.output
     assert_history_starts_at_the_upgrade(app, source="restore")
+
+
+def test_an_upgrade_from_revision_5_folds_again_a_title_the_sqlite3_shell_changed(app, instance_dir, tmp_path):
+    """Revision 6: at revision 5, a title another program changed kept the
+    folding of its old title beside it; the upgrade folds it again."""
+    older = tmp_path / "older"
+    older.mkdir()
+    database_at(database(older), "5", app)
+    with closing(sqlite3.connect(database(older))) as connection:
+        connection.execute("UPDATE engine SET title_search = 'ракета' WHERE id = 2")  # as Engines wrote it
+        connection.execute("UPDATE engine SET title = 'Größe' WHERE id = 2")  # the shell, at revision 5
+        connection.commit()
+        assert connection.execute("SELECT title_search FROM engine WHERE id = 2").fetchone() == ("ракета",)
+    client = engines.create_app({"TESTING": True}, instance_path=older).test_client()
+
+    def searched(q):
+        return [engine["title"] for engine in client.get("/api/engines", query_string={"q": q}).get_json()["engines"]]
+
+    assert searched("ракета") == []
+    assert searched("grösse") == searched("GRÖSSE") == searched("größe") == ["Größe"]
+    assert [backup.name.split("-", 2)[2] for backup in backups(older)] == [f"rev5-to-rev{HEAD}.sqlite3"]
+    assert schema_statements(database(older)) == schema_statements(database(instance_dir))

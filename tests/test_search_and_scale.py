@@ -74,6 +74,27 @@ def test_search_finds_a_title_the_sqlite3_shell_wrote(client, app):
     assert client.get("/api/engines").get_json()["total"] == 2
 
 
+def test_a_title_the_sqlite3_shell_changes_is_found_by_its_new_title_and_not_by_its_old(client, app):
+    """Another program that changes a title beyond ASCII leaves its folding
+    (title_search) behind: the index's trigger clears it (revision 6), and
+    search folds the new title itself until Engines saves the engine."""
+    client.post("/api/engines", json={"title": "Straße Eins"})
+    client.post("/api/engines", json={"title": "Ракета"})
+    with closing(sqlite3.connect(Path(app.instance_path) / "engines.sqlite3")) as connection:
+        connection.execute("UPDATE engine SET title = 'Größe Zwei' WHERE id = 1")
+        connection.execute("UPDATE engine SET thrust = 7 WHERE id = 2")  # not its title: its folding stays
+        connection.commit()
+        assert connection.execute("SELECT title_search FROM engine ORDER BY id").fetchall() == [(None,), ("ракета",)]
+    assert searched(client, "strasse") == [] and searched(client, "eins") == []
+    assert searched(client, "zwei") == searched(client, "größe") == searched(client, "GRÖßE") == ["Größe Zwei"]
+    # Its trigram index has the title as written, folded by FTS5 (Ö → ö, but ß stays ß), until Engines saves it.
+    assert searched(client, "grösse") == []
+    assert searched(client, "ракета") == ["Ракета"]
+    # Saved by Engines, the title has its folding again: `grösse` finds `Größe` as it finds `Straße` by `strasse`.
+    client.patch("/api/engines/1", json={"title": "Größe Drei"})
+    assert searched(client, "grösse") == ["Größe Drei"] and searched(client, "zwei") == []
+
+
 def test_the_count_and_the_index_follow_every_write_from_anywhere(client, app):
     for title in ("Alpha", "Bravo", "Charlie"):
         client.post("/api/engines", json={"title": title})
