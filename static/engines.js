@@ -77,7 +77,7 @@ function say(text, urgent = false) {
 }
 
 // A message at the top of the page, as the server would have shown it; `undo`
-// (a change's record) adds its Undo button, which posts the page's undo form.
+// (a change's record) adds its Undo button: a copy of the page's <template id="undo-message">.
 function showMessage(text, urgent, undo = null, spoken = true) {
   let messages = document.getElementById("messages");
   if (!messages) {
@@ -95,23 +95,9 @@ function showMessage(text, urgent, undo = null, spoken = true) {
 }
 
 function undoable(message, record) {
-  const flash = document.createElement("div"), form = document.createElement("form");
-  flash.className = "flash success";
-  form.method = "post";
-  form.className = "undo";
-  form.action = document.getElementById("list-body").dataset.undoUrl;
-  const fields = { csrf_token: document.querySelector("input[name=csrf_token]").value, change: record,
-                   next: location.pathname + location.search };
-  for (const [name, value] of Object.entries(fields)) {
-    const input = document.createElement("input");
-    Object.assign(input, { type: "hidden", name, value });
-    form.append(input);
-  }
-  const button = document.createElement("button");
-  button.type = "submit";
-  button.textContent = "Undo";
-  form.append(button);
-  flash.append(message, form);
+  const flash = document.getElementById("undo-message").content.firstElementChild.cloneNode(true);
+  flash.querySelector(".message").replaceWith(message);
+  flash.querySelector("input[name=change]").value = record;
   return flash;
 }
 
