@@ -356,25 +356,31 @@ def measure_size(size: int, database: Path, bare: Server, args, work: Path) -> t
         fresh_copy(database, without_history)
         servers["engines-no-history"] = start_engines_without_history(without_history, logs)
         servers["datasette"] = start_datasette(datasette_file, logs)
-        cases = request_cases(deep_cursors(database, size))
-        runs: dict[str, list[dict]] = {case.key: [] for case in cases}
         for server in servers.values():
             wait_until_idle(server.pid)
-        for run in range(1, args.runs + 1):
-            for case in cases:
-                server = servers[case.server]
-                alone_ms = check_answer(server.url, case)
-                figures = {**run_wrk(server.url, case, args.duration, ids=size), "alone_ms": alone_ms}
-                wait_until_idle(server.pid)
-                runs[case.key].append(figures)
-                print(f"{size_name(size):>4} run {run}/{args.runs}  {case.label:<38} {figures['rps']:>9,.1f} req/s  "
-                      f"p99 {milliseconds(figures['p99_ms']):>9}  errors {figures['errors']}", flush=True)
+        figures = measure_cases(servers, request_cases(deep_cursors(database, size)), args, size, "")
         rss = servers["engines"].rss()
     finally:
         for name in ("engines", "engines-no-history", "datasette"):
             if name in servers:
                 servers[name].stop()
-    return {case.key: median_figures(runs[case.key]) for case in cases}, rss
+    return figures, rss
+
+
+def measure_cases(servers: dict[str, Server], cases: list[Case], args, size: int, where: str) -> dict:
+    """Every case, sent to its server, `args.runs` times in turn: {case key:
+    the medians of its figures}. Each says how it went as it ends."""
+    runs: dict[str, list[dict]] = {case.key: [] for case in cases}
+    for run in range(1, args.runs + 1):
+        for case in cases:
+            server = servers[case.server]
+            alone_ms = check_answer(server.url, case)
+            figures = {**run_wrk(server.url, case, args.duration, ids=size), "alone_ms": alone_ms}
+            wait_until_idle(server.pid)
+            runs[case.key].append(figures)
+            print(f"{size_name(size):>4}{where} run {run}/{args.runs}  {case.label:<38} {figures['rps']:>9,.1f} req/s  "
+                  f"p99 {milliseconds(figures['p99_ms']):>9}  errors {figures['errors']}", flush=True)
+    return {case.key: median_figures(runs[case.key]) for case in cases}
 
 
 # ---------------------------------------------------------------------------
@@ -428,20 +434,10 @@ def measure_postgresql(size: int, bare: Server, args, work: Path, cursors: dict[
                                    "-c", "VACUUM ANALYZE"), check=True, capture_output=True)
         server = start_engines(instance, work)
         cases = [case for case in request_cases(cursors) if case.server in ("engines", "bare")]
-        runs: dict[str, list[dict]] = {case.key: [] for case in cases}
         try:
-            for run in range(1, args.runs + 1):
-                for case in cases:
-                    target = server if case.server == "engines" else bare
-                    alone_ms = check_answer(target.url, case)
-                    figures = {**run_wrk(target.url, case, args.duration, ids=size), "alone_ms": alone_ms}
-                    wait_until_idle(target.pid)
-                    runs[case.key].append(figures)
-                    print(f"{size_name(size):>4} PostgreSQL run {run}/{args.runs}  {case.label:<38} "
-                          f"{figures['rps']:>9,.1f} req/s  p99 {milliseconds(figures['p99_ms']):>9}", flush=True)
+            return measure_cases({"engines": server, "bare": bare}, cases, args, size, " PostgreSQL")
         finally:
             server.stop()
-        return {case.key: median_figures(runs[case.key]) for case in cases}
     finally:
         cluster.stop()
 
