@@ -700,6 +700,7 @@ def parse_history_args(args) -> dict:
     params = parse_list_args(args)
     return {"per_page": params["per_page"], "after": params["after"]}
 
+
 def list_engines(q: str = "", sort: str = "id", per_page: int = DEFAULT_PER_PAGE,
                  after: str | None = None, before: str | None = None) -> EnginePage:
     """One page of engines matching `q`, in `sort` order, after a cursor

@@ -537,7 +537,6 @@ def test_a_new_engine_cannot_be_given_a_version(client, app):
     assert all_engines(app) == []
 
 
-
 @pytest.mark.parametrize("title", ["a\u0000b", "tab\tin it", "\u2028", "   "])
 def test_a_title_another_program_wrote_still_makes_a_page_cursor(client, app, title):
     """The sqlite3 shell can store titles the API would refuse (control

@@ -279,7 +279,6 @@ def test_the_page_offers_export_import_and_backups(client):
         assert offer in page
 
 
-
 def test_page_links_keep_a_page_size_that_differs_from_the_configured_one(tmp_path):
     app = engines.create_app({"TESTING": True, "PER_PAGE": 3}, instance_path=tmp_path / "i")
     add_engines(app, [{"title": f"Engine {i:03d}", "thrust": i} for i in range(60)])
