@@ -99,6 +99,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    and_,
     bindparam,
     case,
     cast,
@@ -114,6 +115,7 @@ from sqlalchemy import (
 from sqlalchemy import column as sql_column
 from sqlalchemy import create_engine as create_sql_engine
 from sqlalchemy import table as sql_table
+from sqlalchemy.dialects.postgresql import array as pg_array
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.engine import Engine as SqlEngine
 from sqlalchemy.exc import ArgumentError, DatabaseError, DataError, IntegrityError, OperationalError, SQLAlchemyError
@@ -149,7 +151,7 @@ MAX_CHANGED_BY = 128
 TOKEN_HOLDER = "token holder"  # who changed an engine through a server that asks for a token
 SPARKLINE_CHANGES = 20  # the recent thrusts a row of the list draws
 SEARCH_COUNT_LIMIT = 1000  # a search counts its matches up to here: beyond, "1,000+"
-SCHEMA_REVISION = "6"  # the newest revision in migrations/versions/, which the model matches
+SCHEMA_REVISION = "7"  # the newest revision in migrations/versions/, which the model matches
 BACKUP_KEEP = 10  # automatic backups kept in <instance>/backups/
 EXPORT_FIELDS = ("id", "title", "thrust", "version", "updated_at")
 EXPORT_BATCH = 1000  # engines read at a time while an export streams
@@ -315,8 +317,9 @@ def engine_json(row) -> dict:
 
 # The count of engines, kept by triggers so that no page counts the table.
 engine_stats = Table("engine_stats", db.metadata, Column("engines", Integer, nullable=False))
-# SQLite's trigram index of titles, made by SQLITE_SEARCH_DDL, for queries.
+# SQLite's indexes of titles for search, made by SQLITE_SEARCH_DDL, for queries.
 engine_fts = sql_table("engine_fts", sql_column("rowid"), sql_column("engine_fts"))
+engine_chars = sql_table("engine_chars", sql_column("rowid"), sql_column("engine_chars"))
 
 # Search reads a trigram index of each title, and counts come from
 # engine_stats: both kept by triggers, so that whoever writes an engine
@@ -327,29 +330,75 @@ engine_fts = sql_table("engine_fts", sql_column("rowid"), sql_column("engine_fts
 # in one statement each at its end. On PostgreSQL, pg_trgm indexes
 # upper(title), and statement triggers keep the count.
 SEARCH_DOCUMENT = "{row}.title || coalesce(char(10) || {row}.title_search, '')"
+# A trigram index cannot find one or two characters: those searches read
+# engine_chars (revision 7), where FTS5 indexes each character of a title's
+# folding as a token of its own, its UTF-8 in hex ("65 6e" for "en"), so
+# that a search is the phrase of its characters' tokens, one after the
+# other. SQL makes the document a character at a time, reading
+# engine_positions in order (1 up to the longest folding: casefold makes
+# at most 3 characters of one). A title beyond ASCII that another program
+# wrote has no folding SQL can make (SQLite's lower() folds ASCII only): its
+# document is the token "unfolded", which every such search takes as a
+# candidate for title_contains to check.
+FOLDED = "coalesce({row}.title_search, lower({row}.title))"
+CHARS_DOCUMENT = (
+    "CASE WHEN {row}.title_search IS NULL AND length({row}.title) <> length(CAST({row}.title AS BLOB))"
+    f" THEN 'unfolded' ELSE (SELECT group_concat(hex(substr({FOLDED}, n, 1)), ' ') FROM engine_positions"
+    f" WHERE n <= length({FOLDED})) END"
+)
+MAX_FOLDED = 3 * MAX_TITLE
+SEARCH_INDEXES = (("engine_fts", SEARCH_DOCUMENT), ("engine_chars", CHARS_DOCUMENT))
+
+
+def search_index_statements(where: str) -> list[str]:
+    """Statements that add the engines `where` (SQL on the engine table) to
+    both search indexes: at the end of a bulk load, and after a trigger
+    cleared a stale title_search."""
+    return [f"INSERT INTO {index} (rowid, text) SELECT id, {document.format(row='engine')} FROM engine WHERE {where}"
+            for index, document in SEARCH_INDEXES]
+
+
+def unindex_statements(row: str) -> str:
+    """Trigger statements that take the engine `row` (OLD) out of both search indexes."""
+    return "".join(f" INSERT INTO {index} ({index}, rowid, text)"
+                   f" VALUES ('delete', {row}.id, {document.format(row=row)});" for index, document in SEARCH_INDEXES)
+
+
 SQLITE_SEARCH_DDL = [
     "CREATE VIRTUAL TABLE engine_fts USING fts5(text, content='', tokenize='trigram')",
+    "CREATE VIRTUAL TABLE engine_chars USING fts5(text, content='', tokenize='ascii')",
+    "CREATE TABLE engine_positions (n INTEGER PRIMARY KEY)",
+    "INSERT INTO engine_positions (n) WITH RECURSIVE counted (n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM counted"
+    f" WHERE n < {MAX_FOLDED}) SELECT n FROM counted",
     "CREATE TABLE engine_bulk_load (id INTEGER PRIMARY KEY)",
     "CREATE TRIGGER engine_added AFTER INSERT ON engine WHEN NOT EXISTS (SELECT 1 FROM engine_bulk_load) BEGIN"
-    f" INSERT INTO engine_fts (rowid, text) VALUES (NEW.id, {SEARCH_DOCUMENT.format(row='NEW')});"
+    f" {';'.join(search_index_statements('id = NEW.id'))};"
     " UPDATE engine_stats SET engines = engines + 1; END",
     "CREATE TRIGGER engine_removed AFTER DELETE ON engine BEGIN"
-    f" INSERT INTO engine_fts (engine_fts, rowid, text) VALUES ('delete', OLD.id, {SEARCH_DOCUMENT.format(row='OLD')});"
+    f"{unindex_statements('OLD')}"
     " UPDATE engine_stats SET engines = engines - 1; END",
     # A title another program changed keeps no title_search of its old
     # title (revision 6): search folds it itself until Engines saves it. The
-    # UPDATE fires no trigger (recursive_triggers is off): the document is
+    # UPDATE fires no trigger (recursive_triggers is off): the documents are
     # read from the row as stored after it.
     "CREATE TRIGGER engine_retitled AFTER UPDATE OF id, title, title_search ON engine BEGIN"
-    f" INSERT INTO engine_fts (engine_fts, rowid, text) VALUES ('delete', OLD.id, {SEARCH_DOCUMENT.format(row='OLD')});"
+    f"{unindex_statements('OLD')}"
     " UPDATE engine SET title_search = NULL WHERE id = NEW.id AND NEW.title IS NOT OLD.title"
     " AND NEW.title_search IS OLD.title_search AND NEW.title_search IS NOT NULL;"
-    f" INSERT INTO engine_fts (rowid, text) SELECT id, {SEARCH_DOCUMENT.format(row='engine')} FROM engine"
-    " WHERE id = NEW.id; END",
+    f" {';'.join(search_index_statements('id = NEW.id'))}; END",
 ]
+POSTGRESQL_SHORT_GRAMS = (
+    "CREATE FUNCTION engine_short_grams(title text) RETURNS text[] LANGUAGE sql IMMUTABLE PARALLEL SAFE AS"
+    " $$ SELECT array_agg(DISTINCT substr(title, i, n)) FROM generate_series(1, length(title)) AS i,"
+    " generate_series(1, 2) AS n $$"
+)
 POSTGRESQL_SEARCH_DDL = [
     "CREATE EXTENSION IF NOT EXISTS pg_trgm",
     "CREATE INDEX engine_search_idx ON engine USING gin (upper(title) gin_trgm_ops)",
+    # pg_trgm cannot find one or two characters either: a GIN index of every
+    # piece of one and two characters of upper(title) does (revision 7).
+    POSTGRESQL_SHORT_GRAMS,
+    "CREATE INDEX engine_short_search_idx ON engine USING gin (engine_short_grams(upper(title)))",
     "CREATE FUNCTION engine_count_added() RETURNS trigger LANGUAGE plpgsql AS"
     " $$ BEGIN UPDATE engine_stats SET engines = engines + (SELECT count(*) FROM added); RETURN NULL; END $$",
     "CREATE FUNCTION engine_count_removed() RETURNS trigger LANGUAGE plpgsql AS"
@@ -577,29 +626,40 @@ def title_contains(q: str):
     On PostgreSQL: upper(title) LIKE the pattern, its wildcards escaped;
     upper() folds Unicode in a database with a UTF-8 locale (upper, not
     lower: "ΣΊΣΥΦΟΣ" must match "σίσυφος", whose final ς lower() keeps
-    apart from σ), and pg_trgm's index serves it.
+    apart from σ), and pg_trgm's index serves it; for one or two characters,
+    which no trigram holds, the index of engine_short_grams does.
     """
     if db.engine.dialect.name == "sqlite":
         ascii_title = func.length(Engine.title) == func.length(cast(Engine.title, LargeBinary))
         folded = func.coalesce(Engine.title_search, case((ascii_title, func.lower(Engine.title)),
                                                         else_=func.engines_casefold(Engine.title)))
         return func.instr(folded, q.casefold()) > 0
-    pattern = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return func.upper(Engine.title).like(func.concat("%", func.upper(pattern), "%"), escape="\\")
+    if len(q) > 2:
+        pattern = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return func.upper(Engine.title).like(func.concat("%", func.upper(pattern), "%"), escape="\\")
+    # strpos, not LIKE, which the planner would take to pg_trgm's index.
+    return and_(func.engine_short_grams(func.upper(Engine.title)).op("@>")(pg_array([func.upper(q)])),
+                func.strpos(func.upper(Engine.title), func.upper(q)) > 0)
 
 
 def search_candidates(q: str):
-    """On SQLite, for `q` of three characters or more: the ids of the engines
-    whose title (or its title_search) holds q's casefold, as FTS5's trigram
-    index finds them (q as a phrase: its trigrams one after the other), to
-    which title_contains is still applied; None otherwise (PostgreSQL's
-    planner uses its index by itself; a trigram index cannot find one or
-    two characters). Where q's casefold is not its lowercase (`Größe` folds
-    to `grösse`), q as typed is a phrase too: a title another program wrote
-    is indexed without its casefold, with FTS5's own folding of case."""
-    folded = q.casefold()
-    if db.engine.dialect.name != "sqlite" or len(folded) < 3:
+    """On SQLite: the ids of the engines whose title (or its title_search)
+    holds q's casefold, as an index finds them, to which title_contains is
+    still applied; None on PostgreSQL, whose planner uses its index by
+    itself.
+
+    For q of three characters or more, FTS5's trigram index (engine_fts)
+    finds them, q as a phrase: its trigrams one after the other. Where q's
+    casefold is not its lowercase (`Größe` folds to `grösse`), q as typed is
+    a phrase too: a title another program wrote is indexed without its
+    casefold, with FTS5's own folding of case. For one or two characters,
+    engine_chars finds them: the phrase of their tokens, or "unfolded"."""
+    if db.engine.dialect.name != "sqlite":
         return None
+    folded = q.casefold()
+    if len(folded) < 3:
+        tokens = " ".join(character.encode().hex() for character in folded)
+        return select(engine_chars.c.rowid).where(engine_chars.c.engine_chars.op("MATCH")(f'"{tokens}" OR unfolded'))
     phrases = [folded] + ([q] if len(q) >= 3 and q.lower() != folded else [])
     query = " OR ".join('"' + phrase.replace('"', '""') + '"' for phrase in phrases)
     return select(engine_fts.c.rowid).where(engine_fts.c.engine_fts.op("MATCH")(query))
@@ -710,7 +770,7 @@ def list_engines(q: str = "", sort: str = "id", per_page: int = DEFAULT_PER_PAGE
     Pages are keyset-based: a page never skips or repeats an engine when
     others are added or deleted while a client walks the list, and reads
     only its own engines, in the order of the sort's index. A search whose
-    trigram candidates are few (SEARCH_COUNT_LIMIT at most) reads just them;
+    candidates (search_candidates) are few (SEARCH_COUNT_LIMIT at most) reads just them;
     one whose candidates are many reads the list in order until the page is
     full, which takes few engines since matches are many. The count: every
     engine is counted by engine_stats, which triggers keep; a search counts
@@ -989,8 +1049,8 @@ def end_bulk_load(first_new_id: int, given_ids: list[int]) -> None:
         return
     new = "id IN (SELECT value FROM json_each(:ids))" if given_ids else "id >= :first"
     parameters = {"ids": json.dumps(given_ids), "first": first_new_id}
-    db.session.execute(text(f"INSERT INTO engine_fts (rowid, text) SELECT id, {SEARCH_DOCUMENT.format(row='engine')}"
-                            f" FROM engine WHERE {new}"), parameters)
+    for statement in search_index_statements(new):
+        db.session.execute(text(statement), parameters)
     db.session.execute(text(f"UPDATE engine_stats SET engines = engines + (SELECT count(*) FROM engine WHERE {new})"),
                        parameters)
     db.session.execute(text("DELETE FROM engine_bulk_load"))
@@ -2040,9 +2100,10 @@ def sql_tokens(sql: str | None) -> tuple[str, ...]:
     return tuple(tokens)
 
 
-# The tables FTS5 makes for engine_fts: their statements are FTS5's, and
-# change with the SQLite version, while engine_fts's own statement is ours.
-FTS5_SHADOW_TABLES = re.compile(r"engine_fts_(data|idx|content|docsize|config)")
+# The tables FTS5 makes for engine_fts and engine_chars: their statements
+# are FTS5's, and change with the SQLite version, while the index's own
+# statement is ours.
+FTS5_SHADOW_TABLES = re.compile(r"engine_(fts|chars)_(data|idx|content|docsize|config)")
 
 
 def sqlite_schema(connection) -> frozenset:
@@ -2363,7 +2424,8 @@ def migrations(connection):
 def made_by_the_model(name: str, kind: str, parent_names: dict) -> bool:
     """For Alembic's autogenerate: whether a table is one of the model's,
     not the search index and its helpers that the model's DDL makes."""
-    return not (kind == "table" and (name in ("engine_fts", "engine_bulk_load") or FTS5_SHADOW_TABLES.fullmatch(name)))
+    helpers = ("engine_fts", "engine_chars", "engine_positions", "engine_bulk_load")
+    return not (kind == "table" and (name in helpers or FTS5_SHADOW_TABLES.fullmatch(name)))
 
 
 def schema_change(engine):

@@ -129,11 +129,14 @@ def with_other_columns(path: Path) -> None:
         connection.execute("CREATE TABLE engine (id INTEGER PRIMARY KEY, name TEXT, power REAL)")
 
 
+NEWER = str(int(engines.SCHEMA_REVISION) + 1)
+
+
 def from_a_newer_engines(path: Path) -> None:
     make_revision_1_database(f"sqlite:///{path}", revision_1_rows(3))
     with closing(sqlite3.connect(path)) as connection:
         connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)")
-        connection.execute("INSERT INTO alembic_version VALUES ('7')")
+        connection.execute("INSERT INTO alembic_version VALUES (?)", (NEWER,))
         connection.commit()
 
 
@@ -143,7 +146,7 @@ def from_a_newer_engines(path: Path) -> None:
     (damaged, "it cannot be read or upgraded (database disk image is malformed)"),
     (without_engine_table, "it holds another program's tables (notes), not Engines'"),
     (with_other_columns, "its engine table is not the one Engines makes"),
-    (from_a_newer_engines, "a newer version of Engines wrote it (schema revision 7"),
+    (from_a_newer_engines, f"a newer version of Engines wrote it (schema revision {NEWER}"),
 ])
 def test_restore_refuses_what_is_not_an_engines_database(runner, app, instance_dir, tmp_path, make, reason):
     add_engines(app, ENGINES)

@@ -104,7 +104,7 @@ def test_a_new_database_is_made_and_stamped_at_the_newest_revision(app, instance
 def test_schema_revision_names_the_newest_of_the_migrations(app):
     with app.app_context(), engines.db.engine.connect() as connection:
         _, script = engines.migrations(connection)
-        assert [s.revision for s in reversed(list(script.walk_revisions()))] == ["1", "2", "3", "4", "5", "6"]
+        assert [s.revision for s in reversed(list(script.walk_revisions()))] == ["1", "2", "3", "4", "5", "6", "7"]
         assert script.get_current_head() == engines.SCHEMA_REVISION
 
 
@@ -393,6 +393,26 @@ def test_an_upgrade_from_every_older_revision_starts_each_engine_s_history_with_
     assert client.get("/api/engines/4/history").status_code == 404, "deleted before history was kept: no record"
     assert [backup.name.split("-", 2)[2] for backup in backups(older)] == [f"rev{revision}-to-rev{HEAD}.sqlite3"]
     assert schema_statements(database(older)) == schema_statements(database(instance_dir))
+
+
+@pytest.mark.parametrize("revision", ["1", "2", "3", "4", "5", "6"])
+def test_an_upgrade_from_every_older_revision_indexes_titles_for_short_searches(app, tmp_path, revision):
+    """Revision 7: a search of one or two characters reads engine_chars,
+    which the upgrade fills with every engine there is."""
+    older = tmp_path / "older"
+    older.mkdir()
+    database_at(database(older), revision, app)
+    client = engines.create_app({"TESTING": True}, instance_path=older).test_client()
+
+    def searched(q):
+        return [engine["title"] for engine in client.get("/api/engines", query_string={"q": q}).get_json()["engines"]]
+
+    assert searched("ai") == searched("M") == ["Main"]
+    assert searched("ке") == searched("Р") == ["Ракета"]
+    assert searched("a") == ["Main", "Spare"]  # the Cyrillic а of Ракета is another letter
+    assert searched("x") == searched("go") == []
+    client.post("/api/engines", json={"title": "Xenon"})
+    assert searched("x") == ["Xenon"]
 
 
 def test_restoring_a_backup_from_before_history_starts_its_history_as_restored(app, runner, tmp_path):

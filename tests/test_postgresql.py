@@ -143,6 +143,25 @@ def test_search_on_postgresql_is_a_literal_case_insensitive_substring(pg_app, q,
     assert body["total"] == len(expected)
 
 
+def test_a_rare_search_of_one_or_two_characters_reads_its_index_on_postgresql(pg_app, pg_url):
+    """pg_trgm has no trigram of one or two characters: the index of
+    engine_short_grams (revision 7) serves them, rather than every row."""
+    assert pg_app.test_cli_runner().invoke(args=["seed", "--count", "5000"]).exit_code == 0
+    client = pg_app.test_client()
+    client.post("/api/engines", json={"title": "Xenon"})
+    with pg_app.app_context():
+        engines.db.session.execute(engines.text("ANALYZE engine"))
+        engines.db.session.commit()
+        for q, expected in (("x", ["Xenon"]), ("XE", ["Xenon"]), ("q", [])):
+            query = engines.select(engines.Engine.id).where(engines.title_contains(q)).order_by(engines.Engine.id)
+            compiled = query.limit(51).compile(engines.db.engine)
+            plan = "\n".join(row[0] for row in engines.db.session.connection().exec_driver_sql(
+                f"EXPLAIN {compiled}", compiled.params))
+            assert "engine_short_search_idx" in plan, plan
+            assert [e["title"] for e in client.get("/api/engines", query_string={"q": q}).get_json()["engines"]] == \
+                expected
+
+
 def test_imported_ids_are_kept_and_new_engines_continue_above_them_on_postgresql(pg_app):
     client = pg_app.test_client()
     assert client.post("/api/engines", json={"title": "First"}).get_json()["id"] == 1
