@@ -54,6 +54,7 @@ import tempfile
 import threading
 import unicodedata
 import webbrowser
+from collections import OrderedDict
 from contextlib import ExitStack, closing, contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from logging.handlers import RotatingFileHandler
@@ -82,7 +83,7 @@ from flask.cli import with_appcontext
 from flask.sessions import SecureCookieSessionInterface
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf import FlaskForm
-from flask_wtf.csrf import CSRFError, CSRFProtect
+from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf
 from markupsafe import Markup, escape
 from platformdirs import user_data_dir, user_downloads_dir
 from sqlalchemy import (
@@ -150,6 +151,7 @@ HISTORY_SOURCES = ("page", "api", "cli", "import", "restore", "upgrade")
 MAX_CHANGED_BY = 128
 TOKEN_HOLDER = "token holder"  # who changed an engine through a server that asks for a token
 SPARKLINE_CHANGES = 20  # the recent thrusts a row of the list draws
+KEPT_ANSWERS_BYTES = 2_000_000  # lists kept while the database is unchanged (KeptAnswers)
 SEARCH_COUNT_LIMIT = 1000  # a search counts its matches up to here: beyond, "1,000+"
 SCHEMA_REVISION = "7"  # the newest revision in migrations/versions/, which the model matches
 BACKUP_KEEP = 10  # automatic backups kept in <instance>/backups/
@@ -2001,6 +2003,7 @@ def create_app(test_config: dict | None = None, instance_path=None) -> Flask:
     app.after_request(add_security_headers)
     app.after_request(count_write)
     app.extensions["engines_changes"] = ChangeWatch()
+    app.extensions["engines_answers"] = KeptAnswers(KEPT_ANSWERS_BYTES)
     app.cli.add_command(init_db_command)
     app.cli.add_command(seed_command)
     app.cli.add_command(backup_command)
@@ -3143,22 +3146,47 @@ def this_page() -> str:
     return quote(request.path) + (f"?{query}" if query else "")
 
 
-def render_list(form: EngineForm, status: int = 200, template: str = "index.html"):
-    params, start, new = list_page_args(request.args)  # a ValidationError is a 400 page naming each parameter
-    state = change_tag()  # before reading: a change made meanwhile shows at the page's next poll
+class ListedHtml(NamedTuple):
+    """The list part of the page (_list.html: its pagers and rows) and the
+    heading and title that go with it, the rows' CSRF token left as ROW_TOKEN:
+    what kept_answer keeps of a page, which every session shares."""
+
+    html: str
+    summary: str
+    title: str
+
+
+ROW_TOKEN = "\x00row token\x00"  # no title or link on the page can hold a NUL
+
+
+def listed_html(params: dict, start: int | None, new: tuple[int, int], state: str) -> ListedHtml:
     view = list_view(params, start, new)
+    html = render_template("_list.html", view=view, page=view.page, params=params, state=state,
+                           sparks=sparklines([row.id for row in view.page.engines]),
+                           mark=title_marker(params["q"]), row_token=ROW_TOKEN)
+    return ListedHtml(html, view.summary, view.title)
+
+
+def current_list() -> tuple[ListedHtml, Markup, dict]:
+    """The list this request asks for, its HTML with this session's CSRF
+    token, and the list's parameters (a ValidationError is a 400 page
+    naming each one)."""
+    params, start, new = list_page_args(request.args)
+    listed = kept_answer(lambda state: listed_html(params, start, new, state), size=lambda listed: len(listed.html))
+    return listed, Markup(listed.html.replace(ROW_TOKEN, generate_csrf())), params
+
+
+def render_list(form: EngineForm, status: int = 200):
+    listed, html, params = current_list()
     return render_template(
-        template,
+        "index.html",
         form=form,
-        view=view,
-        page=view.page,
-        sparks=sparklines([row.id for row in view.page.engines]),
+        listed=listed,
+        list_html=html,
         params=params,
-        mark=title_marker(params["q"]),
-        state=state,
         page_sizes=sorted({*PAGE_SIZES, params["per_page"]}),
         sort_choices=SORT_CHOICES,
-        import_problems=session.pop("import_problems", None) if template == "index.html" else None,
+        import_problems=session.pop("import_problems", None),
         backups=backups_dir() if db.engine.dialect.name == "sqlite" else None,
     ), status
 
@@ -3172,7 +3200,7 @@ def index():
 def list_fragment():
     """The list part of the page alone (its heading, pagers and rows), which
     the page fetches to show changes made elsewhere (see engines.js)."""
-    return render_list(EngineForm(formdata=None), template="_list.html")
+    return current_list()[1]
 
 
 def list_params_of(url: str) -> dict:
@@ -3636,6 +3664,68 @@ def count_write(response):
     return response
 
 
+class KeptAnswers:
+    """Answers to list requests, kept while the database is unchanged: the
+    same list asked again (the page fetching its list after a change, a
+    second window, a script polling) is answered without reading or
+    rendering it again.
+
+    Kept only where the ChangeWatch's tag is exact, a SQLite file, whose
+    data_version changes the moment anyone commits (on PostgreSQL the tag
+    may lag another client's commit by seconds: nothing is kept there). An
+    answer is kept under the tag read before its list was read: a change
+    committed meanwhile has changed the tag already, so no answer is ever
+    given for a state older than the one it shows. A new tag drops every
+    answer; at most `limit` bytes are kept, the least recently used going
+    first.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.lock = threading.Lock()
+        self.tag: str | None = None
+        self.answers: OrderedDict[tuple, tuple] = OrderedDict()  # key: (answer, its size)
+        self.size = 0
+
+    def get(self, tag: str, key: tuple):
+        with self.lock:
+            if tag != self.tag or key not in self.answers:
+                return None
+            self.answers.move_to_end(key)
+            return self.answers[key][0]
+
+    def keep(self, tag: str, key: tuple, answer, size: int) -> None:
+        with self.lock:
+            if tag != self.tag:
+                self.tag, self.size = tag, 0
+                self.answers.clear()
+            if size > self.limit or key in self.answers:
+                return
+            self.answers[key] = (answer, size)
+            self.size += size
+            while self.size > self.limit:
+                _, (_, dropped) = self.answers.popitem(last=False)
+                self.size -= dropped
+
+
+def kept_answer(make, size=len):
+    """What make(tag) answers this request, taken from the app's KeptAnswers
+    while the database is unchanged. The tag is read first, so make() reads
+    a state at least that new. An answer may depend on the database, the
+    route, the query and the address the app was reached at (its links),
+    and on nothing else: not on the session."""
+    tag = change_tag()
+    if sqlite_file() is None:
+        return make(tag)
+    kept = current_app.extensions["engines_answers"]
+    key = (request.endpoint, request.host_url, request.query_string)
+    answer = kept.get(tag, key)
+    if answer is None:
+        answer = make(tag)
+        kept.keep(tag, key, answer, size(answer))
+    return answer
+
+
 @api.get("/state")
 def api_state():
     """`{"state": tag}` with the tag as ETag: the page asks with
@@ -3651,6 +3741,12 @@ def api_state():
 @api.get("/engines")
 def api_list_engines():
     params = parse_list_args(request.args)
+    body = kept_answer(lambda tag: current_app.json.response(list_json(params)).get_data())
+    return current_app.response_class(body, mimetype=current_app.json.mimetype)
+
+
+def list_json(params: dict) -> dict:
+    """A page of the JSON list, with the links of the pages beside it."""
     page = list_engines(**params)
 
     def page_url(**cursor):

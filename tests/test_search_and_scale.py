@@ -9,6 +9,7 @@ must not grow with the number of engines.
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -206,9 +207,10 @@ def seeded(tmp_path: Path, count: int, name: str = "engines"):
     return app
 
 
-def steps_of(app, method: str, url: str, **kwargs) -> int:
+def steps_of(app, method: str, url: str, keep: bool = False, **kwargs) -> int:
     """SQLite virtual machine steps (in thousands) the request takes:
-    the same every run, whatever else the machine does."""
+    the same every run, whatever else the machine does. The answers the app
+    kept are dropped first, unless `keep`."""
     counted = [0]
 
     def count(dbapi_connection, connection_record):
@@ -216,6 +218,8 @@ def steps_of(app, method: str, url: str, **kwargs) -> int:
 
     with app.app_context():
         engines.db.engine.dispose()  # new connections, which get the handler
+    if not keep:
+        app.extensions["engines_answers"] = engines.KeptAnswers(engines.KEPT_ANSWERS_BYTES)
     event.listen(SqlEngine, "connect", count)
     try:
         response = app.test_client().open(url, method=method, **kwargs)
@@ -375,3 +379,118 @@ def test_the_idle_poll_is_answered_304_reading_no_engine(small_and_large):
             event.remove(SqlEngine, "connect", count)
         assert response.status_code == 304
         assert counted[0] == 0
+
+
+# -- lists kept while nothing changed -------------------------------------------------------
+
+KEPT = ["/api/engines", "/api/engines?q=engine&sort=title", "/api/engines?q=9", "/", "/?sort=-thrust", "/list"]
+
+
+@pytest.mark.parametrize("url", KEPT)
+def test_a_list_asked_again_while_nothing_changed_reads_no_engine(small_and_large, url):
+    app, _ = small_and_large
+    app.extensions["engines_answers"] = engines.KeptAnswers(engines.KEPT_ANSWERS_BYTES)
+    client = app.test_client()
+    statements = []
+
+    def count(connection, cursor, statement, parameters, context, executemany):
+        statements.append(statement)
+
+    event.listen(SqlEngine, "before_cursor_execute", count)
+    try:
+        first = client.get(url).get_data()
+        read = len(statements)
+        again = client.get(url).get_data()
+    finally:
+        event.remove(SqlEngine, "before_cursor_execute", count)
+    assert read > 0 and len(statements) == read, statements[read:]
+    if url.startswith("/api/"):
+        assert again == first
+    else:  # the same but for the CSRF token of the forms
+        assert re.sub(rb'value="[^"]{40,}"', b"", again) == re.sub(rb'value="[^"]{40,}"', b"", first)
+
+
+def titles_shown(client, url: str) -> list[str]:
+    if url.startswith("/api/"):
+        return [engine["title"] for engine in client.get(url).get_json()["engines"]]
+    cells = re.findall(r'<td class="title"><a [^>]*>(.*?)</a>', client.get(url).get_data(as_text=True))
+    return [re.sub(r"</?mark>", "", cell) for cell in cells]
+
+
+@pytest.mark.parametrize("url", ["/api/engines?q=a", "/?q=a", "/list?q=a"])
+def test_a_kept_list_gives_way_to_any_change_at_once(client, app, tmp_path, url):
+    """Whoever commits, the next request shows it: Engines itself, the
+    sqlite3 shell, another Engines on the same file."""
+    client.post("/api/engines", json={"title": "Alpha"})
+    assert titles_shown(client, url) == ["Alpha"]
+    client.patch("/api/engines/1", json={"title": "Alpha one"})
+    assert titles_shown(client, url) == ["Alpha one"]
+    with closing(sqlite3.connect(Path(app.instance_path) / "engines.sqlite3")) as connection:
+        connection.execute("UPDATE engine SET title = 'Alpha two' WHERE id = 1")
+        connection.commit()
+    assert titles_shown(client, url) == ["Alpha two"]
+    other = engines.create_app({"TESTING": True}, instance_path=Path(app.instance_path))
+    other.test_client().post("/api/engines", json={"title": "Bravo"})
+    assert titles_shown(client, url) == ["Alpha two", "Bravo"]
+    with other.app_context():
+        engines.db.engine.dispose()
+
+
+def test_a_change_committed_while_a_list_is_read_is_never_hidden(client, app):
+    """The tag is read before the list: a commit landing in between makes
+    the answer newer than its tag, never older, and changes the tag."""
+    client.post("/api/engines", json={"title": "Before"})
+    database = Path(app.instance_path) / "engines.sqlite3"
+    landed = []
+
+    def commit_meanwhile(connection, cursor, statement, parameters, context, executemany):
+        if not landed and statement.lstrip().startswith("SELECT engine.id"):
+            with closing(sqlite3.connect(database)) as other:
+                other.execute("UPDATE engine SET title = 'After' WHERE id = 1")
+                other.commit()
+            landed.append(True)
+
+    event.listen(SqlEngine, "before_cursor_execute", commit_meanwhile)
+    try:
+        first = titles_shown(client, "/api/engines")
+    finally:
+        event.remove(SqlEngine, "before_cursor_execute", commit_meanwhile)
+    assert landed and first == ["After"]
+    assert titles_shown(client, "/api/engines") == ["After"]
+    with closing(sqlite3.connect(database)) as other:
+        other.execute("UPDATE engine SET title = 'Later' WHERE id = 1")
+        other.commit()
+    assert titles_shown(client, "/api/engines") == ["Later"]
+
+
+def test_a_kept_page_carries_each_session_s_own_csrf_token(app):
+    """The rows' forms are kept without a token: each session's goes in as
+    the page is sent, and works."""
+    first, second = app.test_client(), app.test_client()
+    first.post("/api/engines", json={"title": "Main"})
+    tokens = []
+    for client in (first, second, first):
+        page = client.get("/").get_data(as_text=True)
+        found = set(re.findall(r'name="csrf_token" value="([^"]+)"', page))
+        assert len(found) == 1 and "\x00" not in page
+        tokens.append(found.pop())
+    assert tokens[0] != tokens[1]
+    answer = second.post("/engines/1/thrust", data={"csrf_token": tokens[1], "thrust": "42", "next": "/"})
+    assert answer.status_code == 302
+    assert titles_shown(second, "/api/engines") == ["Main"] and \
+        second.get("/api/engines/1").get_json()["thrust"] == 42
+
+
+def test_kept_answers_stay_within_their_bytes_the_least_recently_used_going_first():
+    kept = engines.KeptAnswers(100)
+    for key in "abcd":
+        kept.keep("t1", (key,), key * 30, 30)
+    assert kept.size == 90 and kept.get("t1", ("a",)) is None  # a went to make room for d
+    assert kept.get("t1", ("b",)) == "b" * 30
+    kept.keep("t1", ("e",), "e" * 30, 30)  # c is now the least recently used
+    assert [kept.get("t1", (key,)) is not None for key in "bcde"] == [True, False, True, True]
+    kept.keep("t1", ("huge",), "x" * 101, 101)
+    assert kept.get("t1", ("huge",)) is None and kept.size == 90
+    assert kept.get("t2", ("b",)) is None
+    kept.keep("t2", ("f",), "f", 1)  # a new tag: everything kept before goes
+    assert kept.size == 1 and kept.get("t2", ("b",)) is None and kept.get("t2", ("f",)) == "f"
