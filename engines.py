@@ -151,7 +151,6 @@ HISTORY_SOURCES = ("page", "api", "cli", "import", "restore", "upgrade")
 MAX_CHANGED_BY = 128
 TOKEN_HOLDER = "token holder"  # who changed an engine through a server that asks for a token
 SPARKLINE_CHANGES = 20  # the recent thrusts a row of the list draws
-KEPT_ANSWERS_BYTES = 2_000_000  # lists kept while the database is unchanged (KeptAnswers)
 SEARCH_COUNT_LIMIT = 1000  # a search counts its matches up to here: beyond, "1,000+"
 SCHEMA_REVISION = "7"  # the newest revision in migrations/versions/, which the model matches
 BACKUP_KEEP = 10  # automatic backups kept in <instance>/backups/
@@ -1687,6 +1686,7 @@ CONFIG_DEFAULTS = {
     "PER_PAGE": DEFAULT_PER_PAGE,
     "BACKUP_KEEP": BACKUP_KEEP,
     "HISTORY_KEEP_DAYS": None,  # days of history kept (each engine's newest record always); None: all of it
+    "KEPT_ANSWERS_BYTES": 2_000_000,  # lists kept while the database is unchanged (KeptAnswers); 0: none
     "ALLOWED_HOSTS": [],  # more Host names to accept, e.g. "engines.lan" or "engines.lan:5000"
     "REQUIRE_TOKEN": False,  # always on when serving off loopback
     "TOKEN": None,  # the access token; generated when one is needed
@@ -1719,6 +1719,7 @@ CONFIG_RULES = {
     "BACKUP_KEEP": (whole_number(1), "a whole number from 1 up"),
     "HISTORY_KEEP_DAYS": (lambda value: value is None or whole_number(1)(value),
                           "a whole number of days from 1 up, or null to keep all of it"),
+    "KEPT_ANSWERS_BYTES": (whole_number(0), "a whole number of bytes from 0 (keep none) up"),
     "ALLOWED_HOSTS": (lambda value: isinstance(value, list | tuple)
                       and all(isinstance(host, str) and re.fullmatch(r"[\w.:\[\]-]+", host) for host in value),
                       'a list of host names, e.g. ["engines.lan"]'),
@@ -2003,7 +2004,6 @@ def create_app(test_config: dict | None = None, instance_path=None) -> Flask:
     app.after_request(add_security_headers)
     app.after_request(count_write)
     app.extensions["engines_changes"] = ChangeWatch()
-    app.extensions["engines_answers"] = KeptAnswers(KEPT_ANSWERS_BYTES)
     app.cli.add_command(init_db_command)
     app.cli.add_command(seed_command)
     app.cli.add_command(backup_command)
@@ -2017,6 +2017,9 @@ def create_app(test_config: dict | None = None, instance_path=None) -> Flask:
 
     with app.app_context():
         prepare_database()
+        # Only where the ChangeWatch's tag is exact (see KeptAnswers).
+        exact = sqlite_file() is not None
+    app.extensions["engines_answers"] = KeptAnswers(app.config["KEPT_ANSWERS_BYTES"]) if exact else None
     return app
 
 
@@ -3634,10 +3637,9 @@ class ChangeWatch:
             return f"{self.start}-{self.writes}-{self.database_version()}"
 
     def database_version(self) -> int:
-        path = sqlite_file()
-        if path is not None:
-            if self.watcher is None:
-                self.watcher = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        if self.watcher is None and (path := sqlite_file()) is not None:
+            self.watcher = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        if self.watcher is not None:
             return self.watcher.execute("PRAGMA data_version").fetchone()[0]
         if db.engine.dialect.name == "postgresql":
             return db.session.scalar(text(
@@ -3672,12 +3674,13 @@ class KeptAnswers:
 
     Kept only where the ChangeWatch's tag is exact, a SQLite file, whose
     data_version changes the moment anyone commits (on PostgreSQL the tag
-    may lag another client's commit by seconds: nothing is kept there). An
+    may lag another client's commit by seconds: there the app has no
+    KeptAnswers, and nothing is kept). An
     answer is kept under the tag read before its list was read: a change
     committed meanwhile has changed the tag already, so no answer is ever
     given for a state older than the one it shows. A new tag drops every
-    answer; at most `limit` bytes are kept, the least recently used going
-    first.
+    answer; at most `limit` bytes are kept (KEPT_ANSWERS_BYTES), the least
+    recently used going first.
     """
 
     def __init__(self, limit: int):
@@ -3715,10 +3718,10 @@ def kept_answer(make, size=len):
     route, the query and the address the app was reached at (its links),
     and on nothing else: not on the session."""
     tag = change_tag()
-    if sqlite_file() is None:
-        return make(tag)
     kept = current_app.extensions["engines_answers"]
-    key = (request.endpoint, request.host_url, request.query_string)
+    if kept is None:
+        return make(tag)
+    key = (request.endpoint, request.scheme, request.host, request.root_path, request.query_string)
     answer = kept.get(tag, key)
     if answer is None:
         answer = make(tag)

@@ -71,7 +71,7 @@ class Case:
 
     key: str
     label: str
-    server: str  # "engines", "bare", "datasette" or "engines-no-history"
+    server: str  # "engines", "bare", "datasette", "engines-no-history" or "engines-unkept"
     path: str
     mode: str = "fixed"  # or "get-random", "patch-random" (bench/wrk.lua)
     checks: list[tuple] = field(default_factory=list)  # ("ratio", base case, at least) | ("p99", ms) | ("errors",)
@@ -96,6 +96,14 @@ def request_cases(cursors: dict[str, str]) -> list[Case]:
         Case("search-9", "search q=9 (1 char)", "engines", "/api/engines?q=9", checks=SEARCH_SHORT),
         Case("search-99", "search q=99 (2 chars)", "engines", "/api/engines?q=99", checks=SEARCH_SHORT),
         Case("search-x", "search q=x (1 char, none match)", "engines", "/api/engines?q=x", checks=SEARCH_SHORT),
+    ]
+    # The same requests with nothing kept (KEPT_ANSWERS_BYTES = 0): what a list
+    # costs when it is read and written afresh, as the first time it is asked.
+    cases += [
+        Case("first-page-unkept", "JSON first page, nothing kept", "engines-unkept", "/api/engines"),
+        Case("html-unkept", "HTML page GET /, nothing kept", "engines-unkept", "/"),
+        Case("search-9999-unkept", "search q=9999, nothing kept", "engines-unkept", "/api/engines?q=9999"),
+        Case("search-x-unkept", "search q=x, nothing kept", "engines-unkept", "/api/engines?q=x"),
     ]
     for key in engines.SORT_KEYS:
         for descending in (False, True):
@@ -254,6 +262,14 @@ def start_engines(instance: Path, logs: Path) -> Server:
                   logs / "engines.log", r"running at (http://127\.0\.0\.1:\d+)/")
 
 
+def start_engines_unkept(instance: Path, logs: Path) -> Server:
+    """Engines keeping no answer (KEPT_ANSWERS_BYTES = 0): every list read afresh."""
+    return Server("Engines keeping nothing", [sys.executable, str(ROOT / "engines.py"), "--serve", "--port", "0",
+                                              "--instance", str(instance)],
+                  logs / "engines-unkept.log", r"running at (http://127\.0\.0\.1:\d+)/",
+                  env={**engines_env(), "ENGINES_KEPT_ANSWERS_BYTES": "0"})
+
+
 def start_engines_without_history(instance: Path, logs: Path) -> Server:
     return Server("Engines without history", [sys.executable, str(ROOT / "bench" / "engines_without_history.py"),
                                               "--serve", "--port", "0", "--instance", str(instance)],
@@ -355,13 +371,16 @@ def measure_size(size: int, database: Path, bare: Server, args, work: Path) -> t
         without_history = work / f"engines-no-history-{size}"
         fresh_copy(database, without_history)
         servers["engines-no-history"] = start_engines_without_history(without_history, logs)
+        unkept = work / f"engines-unkept-{size}"
+        fresh_copy(database, unkept)
+        servers["engines-unkept"] = start_engines_unkept(unkept, logs)
         servers["datasette"] = start_datasette(datasette_file, logs)
         for server in servers.values():
             wait_until_idle(server.pid)
         figures = measure_cases(servers, request_cases(deep_cursors(database, size)), args, size, "")
         rss = servers["engines"].rss()
     finally:
-        for name in ("engines", "engines-no-history", "datasette"):
+        for name in ("engines", "engines-no-history", "engines-unkept", "datasette"):
             if name in servers:
                 servers[name].stop()
     return figures, rss

@@ -21,6 +21,7 @@ from conftest import PG_BIN, ROOT, add_engines, need
 EVERY_CASE = [
     "bare", "datasette", "datasette-search", "first-page", "html",
     "search-9999", "search-engine", "search-9", "search-99", "search-x",
+    "first-page-unkept", "html-unkept", "search-9999-unkept", "search-x-unkept",
     "sort-id-deep", "sort-id-desc", "sort-id-desc-deep",
     "sort-title", "sort-title-deep", "sort-title-desc", "sort-title-desc-deep",
     "sort-thrust", "sort-thrust-deep", "sort-thrust-desc", "sort-thrust-desc-deep",

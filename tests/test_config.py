@@ -112,6 +112,7 @@ def test_flask_cli_init_db_and_seed(runner, app):
     ("MAX_CONTENT_LENGTH", None, "MAX_CONTENT_LENGTH must be"),
     ("MAX_IMPORT_LENGTH", 0, "MAX_IMPORT_LENGTH must be a whole number from 1 up"),
     ("BACKUP_KEEP", 2.5, "BACKUP_KEEP must be a whole number from 1 up"),
+    ("KEPT_ANSWERS_BYTES", -1, "KEPT_ANSWERS_BYTES must be a whole number of bytes from 0 (keep none) up"),
     ("ALLOWED_HOSTS", "engines.lan", "ALLOWED_HOSTS must be a list of host names"),
     ("ALLOWED_HOSTS", ["engines lan"], "ALLOWED_HOSTS must be a list of host names"),
     ("REQUIRE_TOKEN", "yes", "REQUIRE_TOKEN must be true or false"),

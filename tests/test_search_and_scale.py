@@ -219,7 +219,7 @@ def steps_of(app, method: str, url: str, keep: bool = False, **kwargs) -> int:
     with app.app_context():
         engines.db.engine.dispose()  # new connections, which get the handler
     if not keep:
-        app.extensions["engines_answers"] = engines.KeptAnswers(engines.KEPT_ANSWERS_BYTES)
+        app.extensions["engines_answers"] = engines.KeptAnswers(app.config["KEPT_ANSWERS_BYTES"])
     event.listen(SqlEngine, "connect", count)
     try:
         response = app.test_client().open(url, method=method, **kwargs)
@@ -389,7 +389,7 @@ KEPT = ["/api/engines", "/api/engines?q=engine&sort=title", "/api/engines?q=9", 
 @pytest.mark.parametrize("url", KEPT)
 def test_a_list_asked_again_while_nothing_changed_reads_no_engine(small_and_large, url):
     app, _ = small_and_large
-    app.extensions["engines_answers"] = engines.KeptAnswers(engines.KEPT_ANSWERS_BYTES)
+    app.extensions["engines_answers"] = engines.KeptAnswers(app.config["KEPT_ANSWERS_BYTES"])
     client = app.test_client()
     statements = []
 
@@ -408,6 +408,29 @@ def test_a_list_asked_again_while_nothing_changed_reads_no_engine(small_and_larg
         assert again == first
     else:  # the same but for the CSRF token of the forms
         assert re.sub(rb'value="[^"]{40,}"', b"", again) == re.sub(rb'value="[^"]{40,}"', b"", first)
+
+
+def test_with_kept_answers_bytes_0_every_list_is_read_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENGINES_KEPT_ANSWERS_BYTES", "0")  # as the bench sets it
+    app = engines.create_app({"TESTING": True}, instance_path=tmp_path / "instance")
+    client = app.test_client()
+    client.post("/api/engines", json={"title": "Main"})
+    statements = []
+
+    def count(connection, cursor, statement, parameters, context, executemany):
+        statements.append(statement)
+
+    event.listen(SqlEngine, "before_cursor_execute", count)
+    read = []
+    try:
+        for _ in range(3):
+            assert client.get("/api/engines").status_code == 200
+            read.append(len(statements))  # statements run so far
+    finally:
+        event.remove(SqlEngine, "before_cursor_execute", count)
+        with app.app_context():
+            engines.db.engine.dispose()
+    assert read[0] > 0 and read == [read[0], 2 * read[0], 3 * read[0]]
 
 
 def titles_shown(client, url: str) -> list[str]:
