@@ -3633,12 +3633,20 @@ class ChangeWatch:
             self.writes += 1
 
     def tag(self) -> str:
+        version = self.database_version()
         with self.lock:
-            return f"{self.start}-{self.writes}-{self.database_version()}"
+            return f"{self.start}-{self.writes}-{version}"
 
     def database_version(self) -> int:
+        """Asked with no lock of ours held: a lock held while the database
+        answers (the thread lets go of Python's GIL) makes every other
+        request queue behind it for Python's thread switch interval, which
+        cost 4 ms a request. The watcher is shared as Python's sqlite3
+        allows (threadsafety 3: SQLite serializes its use)."""
         if self.watcher is None and (path := sqlite_file()) is not None:
-            self.watcher = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            with self.lock:
+                if self.watcher is None:
+                    self.watcher = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         if self.watcher is not None:
             return self.watcher.execute("PRAGMA data_version").fetchone()[0]
         if db.engine.dialect.name == "postgresql":
