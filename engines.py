@@ -771,9 +771,9 @@ def list_engines(q: str = "", sort: str = "id", per_page: int = DEFAULT_PER_PAGE
     Pages are keyset-based: a page never skips or repeats an engine when
     others are added or deleted while a client walks the list, and reads
     only its own engines, in the order of the sort's index. A search whose
-    candidates (search_candidates) are few (SEARCH_COUNT_LIMIT at most) reads just them;
-    one whose candidates are many reads the list in order until the page is
-    full, which takes few engines since matches are many. The count: every
+    candidates (search_candidates) are few (SEARCH_COUNT_LIMIT at most)
+    reads just them; one whose candidates are many reads the list in order
+    until the page is full, which takes few engines since matches are many. The count: every
     engine is counted by engine_stats, which triggers keep; a search counts
     its matches up to SEARCH_COUNT_LIMIT (not at all when its first page
     holds them all), so that no count reads every engine.
@@ -3683,12 +3683,11 @@ class KeptAnswers:
     Kept only where the ChangeWatch's tag is exact, a SQLite file, whose
     data_version changes the moment anyone commits (on PostgreSQL the tag
     may lag another client's commit by seconds: there the app has no
-    KeptAnswers, and nothing is kept). An
-    answer is kept under the tag read before its list was read: a change
-    committed meanwhile has changed the tag already, so no answer is ever
-    given for a state older than the one it shows. A new tag drops every
-    answer; at most `limit` bytes are kept (KEPT_ANSWERS_BYTES), the least
-    recently used going first.
+    KeptAnswers, and nothing is kept). An answer is kept under the tag read
+    before its list was read: a change committed meanwhile has changed the
+    tag already, so no answer is ever given for a state older than the one
+    it shows. A new tag drops every answer; at most `limit` bytes are kept
+    (KEPT_ANSWERS_BYTES), the least recently used going first.
     """
 
     def __init__(self, limit: int):
