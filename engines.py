@@ -353,8 +353,8 @@ SEARCH_INDEXES = (("engine_fts", SEARCH_DOCUMENT), ("engine_chars", CHARS_DOCUME
 
 def search_index_statements(where: str) -> list[str]:
     """Statements that add the engines `where` (SQL on the engine table) to
-    both search indexes: at the end of a bulk load, and after a trigger
-    cleared a stale title_search."""
+    both search indexes, reading each from the row as stored: in the
+    triggers, and at the end of a bulk load."""
     return [f"INSERT INTO {index} (rowid, text) SELECT id, {document.format(row='engine')} FROM engine WHERE {where}"
             for index, document in SEARCH_INDEXES]
 
@@ -773,10 +773,10 @@ def list_engines(q: str = "", sort: str = "id", per_page: int = DEFAULT_PER_PAGE
     only its own engines, in the order of the sort's index. A search whose
     candidates (search_candidates) are few (SEARCH_COUNT_LIMIT at most)
     reads just them; one whose candidates are many reads the list in order
-    until the page is full, which takes few engines since matches are many. The count: every
-    engine is counted by engine_stats, which triggers keep; a search counts
-    its matches up to SEARCH_COUNT_LIMIT (not at all when its first page
-    holds them all), so that no count reads every engine.
+    until the page is full, which takes few engines since matches are many.
+    The count: every engine is counted by engine_stats, which triggers keep;
+    a search counts its matches up to SEARCH_COUNT_LIMIT (not at all when
+    its first page holds them all), so that no count reads every engine.
     """
     key = sort.lstrip("-")
     descending = sort.startswith("-")
@@ -2003,7 +2003,6 @@ def create_app(test_config: dict | None = None, instance_path=None) -> Flask:
     app.before_request(begin_writes_immediately)
     app.after_request(add_security_headers)
     app.after_request(count_write)
-    app.extensions["engines_changes"] = ChangeWatch()
     app.cli.add_command(init_db_command)
     app.cli.add_command(seed_command)
     app.cli.add_command(backup_command)
@@ -2017,9 +2016,10 @@ def create_app(test_config: dict | None = None, instance_path=None) -> Flask:
 
     with app.app_context():
         prepare_database()
-        # Only where the ChangeWatch's tag is exact (see KeptAnswers).
-        exact = sqlite_file() is not None
-    app.extensions["engines_answers"] = KeptAnswers(app.config["KEPT_ANSWERS_BYTES"]) if exact else None
+        changes = ChangeWatch(sqlite_file())
+    app.extensions["engines_changes"] = changes
+    # Lists are kept only where the ChangeWatch's tag is exact: a SQLite file (see KeptAnswers).
+    app.extensions["engines_answers"] = KeptAnswers(app.config["KEPT_ANSWERS_BYTES"]) if changes.path else None
     return app
 
 
@@ -3622,10 +3622,11 @@ class ChangeWatch:
     is taken for one of this run.
     """
 
-    def __init__(self):
+    def __init__(self, path: Path | None):
         self.start = secrets.token_hex(4)
         self.writes = 0
         self.lock = threading.Lock()
+        self.path = path  # the SQLite file watched (sqlite_file()); None on PostgreSQL
         self.watcher: sqlite3.Connection | None = None
 
     def note_write(self) -> None:
@@ -3643,12 +3644,12 @@ class ChangeWatch:
         request queue behind it for Python's thread switch interval, which
         cost 4 ms a request. The watcher is shared as Python's sqlite3
         allows (threadsafety 3: SQLite serializes its use)."""
-        if self.watcher is None and (path := sqlite_file()) is not None:
+        if self.path is not None:
             with self.lock:
                 if self.watcher is None:
-                    self.watcher = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        if self.watcher is not None:
-            return self.watcher.execute("PRAGMA data_version").fetchone()[0]
+                    self.watcher = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                watcher = self.watcher
+            return watcher.execute("PRAGMA data_version").fetchone()[0]
         if db.engine.dialect.name == "postgresql":
             return db.session.scalar(text(
                 "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_user_tables "
