@@ -14,7 +14,7 @@ import shutil
 import sqlite3
 import subprocess
 import unicodedata
-from contextlib import closing
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -386,11 +386,9 @@ def test_the_idle_poll_is_answered_304_reading_no_engine(small_and_large):
 KEPT = ["/api/engines", "/api/engines?q=engine&sort=title", "/api/engines?q=9", "/", "/?sort=-thrust", "/list"]
 
 
-@pytest.mark.parametrize("url", KEPT)
-def test_a_list_asked_again_while_nothing_changed_reads_no_engine(small_and_large, url):
-    app, _ = small_and_large
-    app.extensions["engines_answers"] = engines.KeptAnswers(app.config["KEPT_ANSWERS_BYTES"])
-    client = app.test_client()
+@contextmanager
+def statements_run():
+    """The SQL statements Engines runs meanwhile, as a list that grows."""
     statements = []
 
     def count(connection, cursor, statement, parameters, context, executemany):
@@ -398,11 +396,20 @@ def test_a_list_asked_again_while_nothing_changed_reads_no_engine(small_and_larg
 
     event.listen(SqlEngine, "before_cursor_execute", count)
     try:
+        yield statements
+    finally:
+        event.remove(SqlEngine, "before_cursor_execute", count)
+
+
+@pytest.mark.parametrize("url", KEPT)
+def test_a_list_asked_again_while_nothing_changed_reads_no_engine(small_and_large, url):
+    app, _ = small_and_large
+    app.extensions["engines_answers"] = engines.KeptAnswers(app.config["KEPT_ANSWERS_BYTES"])
+    client = app.test_client()
+    with statements_run() as statements:
         first = client.get(url).get_data()
         read = len(statements)
         again = client.get(url).get_data()
-    finally:
-        event.remove(SqlEngine, "before_cursor_execute", count)
     assert read > 0 and len(statements) == read, statements[read:]
     if url.startswith("/api/"):
         assert again == first
@@ -415,21 +422,13 @@ def test_with_kept_answers_bytes_0_every_list_is_read_again(tmp_path, monkeypatc
     app = engines.create_app({"TESTING": True}, instance_path=tmp_path / "instance")
     client = app.test_client()
     client.post("/api/engines", json={"title": "Main"})
-    statements = []
-
-    def count(connection, cursor, statement, parameters, context, executemany):
-        statements.append(statement)
-
-    event.listen(SqlEngine, "before_cursor_execute", count)
     read = []
-    try:
+    with statements_run() as statements:
         for _ in range(3):
             assert client.get("/api/engines").status_code == 200
             read.append(len(statements))  # statements run so far
-    finally:
-        event.remove(SqlEngine, "before_cursor_execute", count)
-        with app.app_context():
-            engines.db.engine.dispose()
+    with app.app_context():
+        engines.db.engine.dispose()
     assert read[0] > 0 and read == [read[0], 2 * read[0], 3 * read[0]]
 
 
