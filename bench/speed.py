@@ -256,24 +256,12 @@ class Server:
         self.log.close()
 
 
-def start_engines(instance: Path, logs: Path) -> Server:
-    return Server("Engines", [sys.executable, str(ROOT / "engines.py"), "--serve", "--port", "0",
-                              "--instance", str(instance)],
-                  logs / "engines.log", r"running at (http://127\.0\.0\.1:\d+)/")
-
-
-def start_engines_unkept(instance: Path, logs: Path) -> Server:
-    """Engines keeping no answer (KEPT_ANSWERS_BYTES = 0): every list read afresh."""
-    return Server("Engines keeping nothing", [sys.executable, str(ROOT / "engines.py"), "--serve", "--port", "0",
-                                              "--instance", str(instance)],
-                  logs / "engines-unkept.log", r"running at (http://127\.0\.0\.1:\d+)/",
-                  env={**engines_env(), "ENGINES_KEPT_ANSWERS_BYTES": "0"})
-
-
-def start_engines_without_history(instance: Path, logs: Path) -> Server:
-    return Server("Engines without history", [sys.executable, str(ROOT / "bench" / "engines_without_history.py"),
-                                              "--serve", "--port", "0", "--instance", str(instance)],
-                  logs / "engines-no-history.log", r"running at (http://127\.0\.0\.1:\d+)/")
+def start_engines(instance: Path, logs: Path, name: str = "Engines", log: str = "engines.log",
+                  script: Path = ROOT / "engines.py", settings: dict[str, str] | None = None) -> Server:
+    """An Engines server on `instance`: engines.py, or a variant of it
+    (`script`), with ENGINES_* `settings` in its environment."""
+    return Server(name, [sys.executable, str(script), "--serve", "--port", "0", "--instance", str(instance)],
+                  logs / log, r"running at (http://127\.0\.0\.1:\d+)/", env={**engines_env(), **(settings or {})})
 
 
 def start_bare_flask(logs: Path) -> Server:
@@ -370,10 +358,14 @@ def measure_size(size: int, database: Path, bare: Server, args, work: Path) -> t
         servers["engines"] = start_engines(instance, logs)
         without_history = work / f"engines-no-history-{size}"
         fresh_copy(database, without_history)
-        servers["engines-no-history"] = start_engines_without_history(without_history, logs)
+        servers["engines-no-history"] = start_engines(without_history, logs, "Engines without history",
+                                                      "engines-no-history.log",
+                                                      script=ROOT / "bench" / "engines_without_history.py")
         unkept = work / f"engines-unkept-{size}"
         fresh_copy(database, unkept)
-        servers["engines-unkept"] = start_engines_unkept(unkept, logs)
+        # Keeping no answer (KEPT_ANSWERS_BYTES = 0): every list read afresh.
+        servers["engines-unkept"] = start_engines(unkept, logs, "Engines keeping nothing", "engines-unkept.log",
+                                                  settings={"ENGINES_KEPT_ANSWERS_BYTES": "0"})
         servers["datasette"] = start_datasette(datasette_file, logs)
         for server in servers.values():
             wait_until_idle(server.pid)
