@@ -4243,6 +4243,10 @@ def keep_log(instance_dir: Path) -> None:
         raise StartupError(f"cannot write the log file {path}: {exc.strerror or exc}") from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
+    # waitress warns "Task queue depth is N" for each request that waits for
+    # a free thread: under load, hundreds of lines a second, which rotated
+    # every record worth reading out of the log within minutes.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 
 
 def tell(message: str, *, error: bool = False, warning: bool = False, secret: str | None = None) -> None:

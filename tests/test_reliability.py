@@ -436,3 +436,24 @@ def test_hundreds_of_idle_and_slow_clients_cannot_starve_the_server(tmp_path):
             for connection in idle + slow:
                 connection.close()
             assert server.stop() == 0
+
+
+def test_a_busy_server_keeps_its_log_for_what_matters(tmp_path):
+    """Forty clients at once, more than the server's eight threads: waitress
+    would write a "Task queue depth" warning for each request that waits,
+    and rotate what the log is for out of it."""
+    server = LiveServer(tmp_path / "i")
+    try:
+        def client(worker: int) -> list[int]:
+            with requests.Session() as http:
+                return [http.get(f"{server.url}/api/engines?q={worker}&per_page=200", timeout=10).status_code
+                        for _ in range(10)]
+
+        with ThreadPoolExecutor(max_workers=40) as pool:
+            statuses = [status for statuses in pool.map(client, range(40)) for status in statuses]
+        assert statuses == [200] * 400
+    finally:
+        assert server.stop() == 0
+    log = (tmp_path / "i" / "engines.log").read_text(encoding="utf-8")
+    assert "running at http://127.0.0.1:" in log
+    assert "queue depth" not in log
