@@ -3158,6 +3158,11 @@ class ListedHtml(NamedTuple):
     summary: str
     title: str
 
+    def size(self) -> int:
+        """The bytes it takes, not its length: a str holds 1, 2 or 4 bytes
+        a character, by its widest (the page's dashes make it 2)."""
+        return sum(map(sys.getsizeof, self))
+
 
 ROW_TOKEN = "\x00row token\x00"  # no title or link on the page can hold a NUL
 
@@ -3175,7 +3180,7 @@ def current_list() -> tuple[ListedHtml, Markup, dict]:
     token, and the list's parameters (a ValidationError is a 400 page
     naming each one)."""
     params, start, new = list_page_args(request.args)
-    listed = kept_answer(lambda state: listed_html(params, start, new, state), size=lambda listed: len(listed.html))
+    listed = kept_answer(lambda state: listed_html(params, start, new, state), size=ListedHtml.size)
     return listed, Markup(listed.html.replace(ROW_TOKEN, generate_csrf())), params
 
 
@@ -3724,7 +3729,8 @@ def kept_answer(make, size=len):
     while the database is unchanged. The tag is read first, so make() reads
     a state at least that new. An answer may depend on the database, the
     route, the query and the address the app was reached at (its links),
-    and on nothing else: not on the session."""
+    and on nothing else: not on the session. size(answer) is the bytes it
+    takes in memory (len of bytes)."""
     tag = change_tag()
     kept = current_app.extensions["engines_answers"]
     if kept is None:

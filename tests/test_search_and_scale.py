@@ -503,6 +503,22 @@ def test_a_kept_page_carries_each_session_s_own_csrf_token(app):
         second.get("/api/engines/1").get_json()["thrust"] == 42
 
 
+def test_a_kept_page_counts_the_bytes_it_takes_not_its_characters(tmp_path):
+    """One title beyond Latin-1 makes the whole list a str of 2 bytes a
+    character (as the page's dashes do, "1–50 of 100,000")."""
+    app = engines.create_app({"TESTING": True}, instance_path=tmp_path / "instance")
+    client = app.test_client()
+    client.post("/api/engines", json={"title": "Ракета"})
+    with app.test_request_context("/"):
+        listed, _, _ = engines.current_list()
+    assert max(listed.html) > "\xff"
+    for limit, kept_it in ((len(listed.html) + 1000, False), (3 * len(listed.html), True)):
+        app.extensions["engines_answers"] = kept = engines.KeptAnswers(limit)
+        assert client.get("/").status_code == 200
+        assert bool(kept.answers) is kept_it
+        assert kept.size <= limit
+
+
 def test_kept_answers_stay_within_their_bytes_the_least_recently_used_going_first():
     kept = engines.KeptAnswers(100)
     for key in "abcd":
