@@ -3165,6 +3165,7 @@ class ListedHtml(NamedTuple):
 
 
 ROW_TOKEN = "\x00row token\x00"  # no title or link on the page can hold a NUL
+LIST_SLOT = Markup("\x00the list\x00")  # where render_list puts the list into the page
 
 
 def listed_html(params: dict, start: int | None, new: tuple[int, int], state: str) -> ListedHtml:
@@ -3185,18 +3186,25 @@ def current_list() -> tuple[ListedHtml, Markup, dict]:
 
 
 def render_list(form: EngineForm, status: int = 200):
+    """The page with the list this request asks for. The list goes into the
+    rendered page, and is not given to the template: Jinja's context of a
+    page lives on in a reference cycle (its macros) until Python's cyclic
+    collector runs, and with it all it was given, which was 60 KB of list
+    for each page served, 6 MB of memory under load."""
     listed, html, params = current_list()
-    return render_template(
+    page = render_template(
         "index.html",
         form=form,
-        listed=listed,
-        list_html=html,
+        list_title=listed.title,
+        list_summary=listed.summary,
+        list_html=LIST_SLOT,
         params=params,
         page_sizes=sorted({*PAGE_SIZES, params["per_page"]}),
         sort_choices=SORT_CHOICES,
         import_problems=session.pop("import_problems", None),
         backups=backups_dir() if db.engine.dialect.name == "sqlite" else None,
-    ), status
+    )
+    return page.replace(LIST_SLOT, html, 1), status
 
 
 @pages.get("/")

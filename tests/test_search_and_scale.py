@@ -8,6 +8,7 @@ must not grow with the number of engines.
 
 from __future__ import annotations
 
+import gc
 import io
 import re
 import shutil
@@ -23,7 +24,7 @@ from sqlalchemy import event, select
 from sqlalchemy.engine import Engine as SqlEngine
 
 import engines
-from conftest import need
+from conftest import add_engines, need
 
 # Titles whose case folding is more than lower case, or that an index's own
 # folding might treat otherwise than Python's casefold.
@@ -517,6 +518,39 @@ def test_a_kept_page_counts_the_bytes_it_takes_not_its_characters(tmp_path):
         assert client.get("/").status_code == 200
         assert bool(kept.answers) is kept_it
         assert kept.size <= limit
+
+
+@pytest.fixture
+def garbage_of_cycles():
+    """A function that lists what Python's cyclic collector alone would
+    free of the objects made since the test began."""
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+
+    def collect() -> list:
+        gc.collect()
+        return list(gc.garbage)
+
+    try:
+        yield collect
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+
+
+@pytest.mark.parametrize("kept_bytes", [0, 2_000_000])
+def test_a_page_leaves_no_list_for_the_cyclic_collector(tmp_path, garbage_of_cycles, kept_bytes):
+    """Jinja's context of a page lives on in a reference cycle until the
+    cyclic collector runs: the 200 rows of the list must not live on with
+    it, page after page."""
+    app = engines.create_app({"TESTING": True, "KEPT_ANSWERS_BYTES": kept_bytes}, instance_path=tmp_path / "i")
+    add_engines(app, ({"title": f"Engine {n}", "thrust": n} for n in range(200)))
+    client = app.test_client()
+    for _ in range(3):
+        page = client.get("/?per_page=200")
+        assert page.status_code == 200 and page.get_data(as_text=True).count('<tr id="engine-') == 200
+    del page
+    assert [len(text) for text in garbage_of_cycles() if isinstance(text, str) and len(text) > 10_000] == []
 
 
 def test_kept_answers_stay_within_their_bytes_the_least_recently_used_going_first():
