@@ -52,6 +52,7 @@ import sqlite3
 import sys
 import tempfile
 import threading
+import time
 import unicodedata
 import webbrowser
 from collections import OrderedDict
@@ -2575,10 +2576,7 @@ def prepare_database() -> Path | None:
             backup, adjusted, label = upgrade_to_newest(connection, where)
         if path is not None:
             with db.engine.connect() as connection:
-                # On the driver's connection, outside any transaction: the
-                # journal mode cannot change inside one. WAL lets readers go
-                # on while an engine is written; it stays on in the file.
-                connection.connection.driver_connection.execute("PRAGMA journal_mode = WAL")
+                use_wal(connection.connection.driver_connection)
     except UnknownSchema as exc:
         raise StartupError(f"will not open the database {where}: {exc}. It was left untouched.") from None
     except (DatabaseError, sqlite3.DatabaseError) as exc:
@@ -2587,6 +2585,28 @@ def prepare_database() -> Path | None:
         tell(f"engines: upgrading the database {where}: {adjusted_note(adjusted, report_adjusted(adjusted, label))}",
              warning=True)
     return backup
+
+
+def use_wal(driver_connection: sqlite3.Connection) -> None:
+    """Put the SQLite database in WAL mode, which lets readers go on while an
+    engine is written; it stays on in the file.
+
+    On the driver's connection, outside any transaction: the journal mode
+    cannot change inside one. The switch reads the file's header and then
+    writes it, and SQLite returns "database is locked" at once, without
+    waiting, when another connection took the write lock in between (another
+    Engines starting at the same moment). So it is asked again, for as long
+    as any other write would wait.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            driver_connection.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorname != "SQLITE_BUSY" or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
 
 
 def upgrade_to_newest(connection, where: str) -> tuple[Path | None, list[dict], str]:

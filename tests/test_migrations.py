@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import warnings
 from contextlib import closing
 from datetime import UTC, datetime
@@ -267,6 +268,24 @@ def test_two_engines_starting_at_once_upgrade_the_database_once(old_database, in
         assert process.returncode == 0 and out.strip() == "ready", err
     assert len(backups(instance_dir)) == 1
     assert all_engines(engines.create_app({"TESTING": True}, instance_path=instance_dir)) == old_database
+
+
+def test_the_switch_to_wal_waits_for_another_engines_writing_as_every_write_does(old_database, instance_dir):
+    """The switch reads the file's header, then writes it, and SQLite does not
+    wait for a write lock taken in between: two Engines starting at once, the
+    one that had upgraded the database failed with "database is locked"."""
+    path = database(instance_dir)
+    with closing(sqlite3.connect(path, isolation_level=None, check_same_thread=False)) as other, \
+            closing(sqlite3.connect(path)) as starting:
+        other.execute("BEGIN IMMEDIATE")
+        done_writing = threading.Timer(0.3, other.execute, ["COMMIT"])
+        done_writing.start()
+        try:
+            engines.use_wal(starting)
+        finally:
+            done_writing.join()
+        assert starting.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert not other.in_transaction
 
 
 def test_only_the_newest_automatic_backups_are_kept(old_database, instance_dir):
