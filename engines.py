@@ -3185,7 +3185,10 @@ class ListedHtml(NamedTuple):
 
 
 ROW_TOKEN = "\x00row token\x00"  # no title or link on the page can hold a NUL
-LIST_SLOT = Markup("\x00the list\x00")  # where render_list puts the list into the page
+# Where render_list puts the list into the page: random for each process, as
+# the form above the list shows again what was typed into it, and no typed
+# text may stand for this mark.
+LIST_SLOT = Markup(f"\x00the list {secrets.token_hex(8)}\x00")
 
 
 def listed_html(params: dict, start: int | None, new: tuple[int, int], state: str) -> ListedHtml:

@@ -298,6 +298,19 @@ def test_a_script_title_never_appears_unescaped(client, app):
     assert api.get_json()["title"] == SCRIPT_TITLE
 
 
+def test_a_typed_title_cannot_take_the_place_of_the_list_in_the_page(client):
+    """The list goes into the rendered page at a mark of its own (see
+    render_list); a rejected title is shown again in the form, above the
+    list, so no text someone types may stand for that mark."""
+    token = csrf_token(client)
+    client.post("/engines", data={"csrf_token": token, "title": "Main", "thrust": "1"})
+    typed = "\x00the list\x00"  # the mark of the first version
+    page = client.post("/engines", data={"csrf_token": token, "title": typed, "thrust": "1"}).get_data(as_text=True)
+    assert f'value="{typed}"' in page
+    assert page.count('<tr id="engine-1"') == 1
+    assert page.index('id="list-heading"') < page.index('<tr id="engine-1"')
+
+
 # -- the debugger -------------------------------------------------------------------------
 
 def test_the_werkzeug_debugger_never_runs_whatever_the_config_says(tmp_path, monkeypatch):
