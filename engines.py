@@ -3184,11 +3184,11 @@ class ListedHtml(NamedTuple):
         return sum(map(sys.getsizeof, self))
 
 
-ROW_TOKEN = "\x00row token\x00"  # no title or link on the page can hold a NUL
-# Where render_list puts the list into the page: random for each process, as
-# the form above the list shows again what was typed into it, and no typed
-# text may stand for this mark.
-LIST_SLOT = Markup(f"\x00the list {secrets.token_hex(8)}\x00")
+# Marks the page's parts are put in at, random for each process: no text
+# anyone writes may stand for one. A title another program wrote can hold a
+# NUL, and the form above the list shows again what was typed into it.
+ROW_TOKEN = f"\x00row token {secrets.token_hex(8)}\x00"  # each row's CSRF token (current_list)
+LIST_SLOT = Markup(f"\x00the list {secrets.token_hex(8)}\x00")  # the list (render_list)
 
 
 def listed_html(params: dict, start: int | None, new: tuple[int, int], state: str) -> ListedHtml:
