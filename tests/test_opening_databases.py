@@ -120,10 +120,12 @@ def test_every_kind_of_database_the_tutorial_s_model_makes_opens_with_every_engi
     assert every_engine_through_the_api(client) == EVERY_KIND_UPGRADED
     assert_history_starts_at_the_upgrade(app)
     page = the_page(client)
+    listed = {e["id"]: e for e in client.get("/api/engines?per_page=100").get_json()["engines"]}
     for engine_id, title, thrust in EVERY_KIND_UPGRADED:
         assert str(escape(title)) in page
         one = client.get(f"/api/engines/{engine_id}")
         assert (one.status_code, one.get_json()["title"], one.get_json()["thrust"]) == (200, title, thrust)
+        assert one.get_json() == listed[engine_id] and one.headers["ETag"] == f'"{listed[engine_id]["version"]}"'
         assert client.get(f"/engines/{engine_id}/edit").status_code == 200
     assert client.patch("/api/engines/30", json={"thrust": 5}).get_json()["version"] == 2
     # Ids go on above every id the upgrade kept or gave.
@@ -418,6 +420,7 @@ def test_what_the_sqlite3_shell_writes_within_the_rules_shows_in_engines(client,
     assert not_utf8.returncode == 0, not_utf8.stderr
     shown = client.get("/api/engines").get_json()["engines"]
     assert [(e["id"], e["title"], e["thrust"]) for e in shown] == [(1, "\ufffdA", 1), (2, "From the shell", 5)]
+    assert [client.get(f"/api/engines/{e['id']}").get_json() for e in shown] == shown
     assert client.get("/").status_code == 200
     assert client.patch("/api/engines/2", json={"thrust": 6}).get_json()["version"] == 2
 

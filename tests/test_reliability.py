@@ -93,8 +93,11 @@ def run_worker(url: str, worker: int, requests_count: int, results: dict) -> Non
             response = http.patch(f"{url}/api/engines/{engine_id}", json={"thrust": thrust}, timeout=60)
             if response.status_code == 200:
                 mine[engine_id] = (mine[engine_id][0], thrust)
-        elif kind == 3:
-            response = http.get(f"{url}/api/engines/{rng.choice(list(mine))}", timeout=60)
+        elif kind == 3:  # a read, on whichever connection, finds the worker's last write
+            engine_id = rng.choice(list(mine))
+            response = http.get(f"{url}/api/engines/{engine_id}", timeout=60)
+            if response.status_code == 200:
+                assert (response.json()["title"], response.json()["thrust"]) == mine[engine_id]
         else:
             response = http.get(f"{url}/api/engines?sort=-thrust&per_page=20", timeout=60)
         statuses.append(response.status_code)
@@ -349,6 +352,27 @@ def test_a_database_in_a_read_only_folder_is_refused_and_kept(shared_tmp):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and str(instance) in result.stderr
     assert digest(db_file) == before
+
+
+def test_a_read_the_database_refuses_is_a_503_naming_why_and_the_server_stays_up(live_server):
+    """Another program takes the engine table away while Engines runs (here
+    the sqlite3 module renames it): reading an engine says why, in JSON and
+    on the page, and works again once the table is back."""
+    api = f"{live_server.url}/api/engines"
+    assert requests.post(api, json={"title": "Main", "thrust": 7}, timeout=10).status_code == 201
+    database = live_server.instance / "engines.sqlite3"
+    with closing(sqlite3.connect(database, isolation_level=None)) as other:
+        other.execute("ALTER TABLE engine RENAME TO engine_away")
+        response = requests.get(f"{api}/1", timeout=10)
+        assert response.status_code == 503
+        assert "no such table: engine" in response.json()["error"]
+        assert "no such table: engine" in requests.get(f"{live_server.url}/engines/1/edit", timeout=10).text
+        assert requests.get(f"{live_server.url}/api/health", timeout=10).json()["status"] == "ok"
+        other.execute("ALTER TABLE engine_away RENAME TO engine")
+    response = requests.get(f"{api}/1", timeout=10)
+    assert (response.status_code, response.json()["title"], response.headers["ETag"]) == (200, "Main", '"1"')
+    assert live_server.stop() == 0
+    assert integrity(database) == "ok"
 
 
 # -- a full disk -------------------------------------------------------------------------
