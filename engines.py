@@ -686,9 +686,9 @@ def read_on_driver(statement, parameters: dict) -> tuple | None:
     pool as its driver runs it: outside the session, no transaction on
     SQLite. For the reads of one row that scripts make most, SQLAlchemy's
     Connection and its execution cost more than the query: with waitress's
-    eight threads GET of one engine went from 1,100 to 1,600 requests a
-    second (bench/). The driver's errors come out as SQLAlchemy's
-    (OperationalError: a 503), as read()'s do."""
+    eight threads busy, GET of one engine went from about 1,050 to 1,500
+    requests a second (README, Benchmark). The driver's errors come out as
+    SQLAlchemy's (OperationalError: a 503), as read()'s do."""
     dialect = db.engine.dialect
     sql, names = driver_sql(statement, dialect)
     arguments = tuple(parameters[name] for name in names) if dialect.positional else parameters
