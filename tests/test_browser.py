@@ -176,6 +176,7 @@ def test_search_sort_and_pages_with_the_keyboard_keep_the_focus_where_it_was(pag
     page.keyboard.press("Delete")
     page.keyboard.press("Enter")
     expect(page.locator("#list-heading")).to_have_text("1–50 of 120 engines")
+    expect(page.locator("#q")).to_be_focused()  # placed once the page has loaded: Tab on from there
     # The sort menu changes nothing until asked: arrow keys do not load pages.
     tab_to(page, "#sort")
     page.evaluate("window.notReloaded = true")
@@ -498,6 +499,8 @@ def test_undo_in_the_message_takes_back_a_delete_with_the_keyboard(page, live_se
     expect(page.locator(".flash .message")).to_have_text("Deleted “Main”.")
     expect(spoken(page)).to_contain_text("Deleted “Main”.")
     assert page.locator("#engine-1").count() == 0
+    # The page puts the focus on the message once it has loaded: Tab from there, not from the top.
+    expect(page.locator("#messages")).to_be_focused()
     assert tab_to(page, ".flash button") <= 2  # the Undo is next to the message, where the focus is
     page.keyboard.press("Enter")
     expect(page.locator(".flash .message")).to_have_text("Restored “Main”.")
