@@ -130,7 +130,6 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 from sqlalchemy.orm import Mapped, mapped_column, validates
-from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.pool import NullPool, Pool
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import Conflict, HTTPException, InternalServerError, ServiceUnavailable
@@ -205,8 +204,7 @@ NAMING_CONVENTION = {
     "ix": "%(table_name)s_%(column_0_N_name)s_idx",
 }
 
-# expire_on_commit=False: a write answers with the engine it just wrote, without
-# reading it back in a transaction of its own (the ORM knows its new version).
+# expire_on_commit=False: what a request read stays readable after it commits.
 db = SQLAlchemy(metadata=MetaData(naming_convention=NAMING_CONVENTION), session_options={"expire_on_commit": False})
 csrf = CSRFProtect()
 
@@ -270,7 +268,8 @@ class Engine(db.Model):
     version: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("1"))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow, onupdate=utcnow)
     # What search reads besides the title (see search_text); kept by Engines,
-    # whether it writes through the ORM (keep_title_search) or not (the default).
+    # whether it writes through the ORM (keep_title_search) or not (the default,
+    # and the writes of one engine, section 4, which give it themselves).
     title_search: Mapped[str | None] = mapped_column(
         Text, default=lambda context: search_text(context.get_current_parameters()["title"]))
 
@@ -281,13 +280,10 @@ class Engine(db.Model):
 
     # Optimistic concurrency: every UPDATE and DELETE names the version it
     # read and bumps it, so a change based on an older read fails
-    # (StaleDataError) instead of silently overwriting someone else's.
+    # (StaleDataError) instead of silently overwriting someone else's. Engines
+    # writes an engine on the driver with the same rule (update_engine); this
+    # keeps it for code that writes through the ORM (a script, a test).
     __mapper_args__ = {"version_id_col": version}
-
-    def to_json(self) -> dict:
-        """The engine as the API shows it (a list shows rows of list_columns() the same)."""
-        return {"id": self.id, "title": self.title, "thrust": self.thrust, "version": self.version,
-                "updated_at": self.updated_at.isoformat(timespec="microseconds")}
 
 
 def search_text(title: str) -> str | None:
@@ -303,8 +299,8 @@ def list_columns() -> tuple:
     rows, not ORM objects, with updated_at written by the database as the
     API writes it (ISO 8601, UTC, microseconds), which costs far less than
     reading a datetime and formatting it in Python for every row. Its
-    fields are EXPORT_FIELDS, in that order; engine_json() makes its JSON,
-    the same as Engine.to_json's."""
+    fields are EXPORT_FIELDS, in that order (EngineRow); engine_json()
+    makes its JSON."""
     if db.engine.dialect.name == "sqlite":  # stored as 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC
         updated_at = "replace(engine.updated_at, ' ', 'T') || '+00:00'"
     else:
@@ -683,32 +679,55 @@ def read(statement, parameters: dict | None = None):
 
 def read_on_driver(statement, parameters: dict) -> tuple | None:
     """The first row of a one-statement read, run on a connection of the
-    pool as its driver runs it: outside the session, no transaction on
-    SQLite. For the reads of one row that scripts make most, SQLAlchemy's
-    Connection and its execution cost more than the query: with waitress's
-    eight threads busy, GET of one engine went from about 1,050 to 1,500
-    requests a second (README, Benchmark). The driver's errors come out as
-    SQLAlchemy's (OperationalError: a 503), as read()'s do."""
-    dialect = db.engine.dialect
-    sql, names = driver_sql(statement, dialect)
-    arguments = tuple(parameters[name] for name in names) if dialect.positional else parameters
+    pool as its driver runs it (run_on_driver): outside the session, no
+    transaction on SQLite. For the reads of one row that scripts make
+    most, SQLAlchemy's Connection and its execution cost more than the
+    query: with waitress's eight threads busy, GET of one engine went from
+    about 1,050 to 1,500 requests a second (README, Benchmark)."""
     connection = db.engine.raw_connection()
+    try:
+        rows = run_on_driver(connection, statement, parameters)
+    finally:
+        connection.close()
+    return rows[0] if rows else None
+
+
+def write_on_driver(statement, parameters: dict) -> list[tuple]:
+    """Run a write that returns rows (RETURNING) in the session's
+    transaction, as its driver runs it (run_on_driver): the writes of one
+    engine, which SQLAlchemy's execution made cost twice what they cost
+    (README, Benchmark). The transaction is begin_write's."""
+    return run_on_driver(db.session.connection().connection, statement, parameters)
+
+
+def run_on_driver(connection, statement, parameters: dict) -> list[tuple]:
+    """Run `statement`, a Core statement that returns rows, on a DBAPI
+    connection (of the pool) and return its rows as plain tuples. The
+    statement is compiled once (driver_sql) and its parameters are passed
+    to the driver as they are: values as the driver takes them, with no
+    type's processing (a moment: bound_moment). The driver's errors come
+    out as SQLAlchemy's (IntegrityError, OperationalError: a 503), as
+    read()'s do."""
+    dialect = db.engine.dialect
+    sql, names, values = driver_sql(statement, dialect)
+    parameters = {**values, **parameters}
+    arguments = tuple(parameters[name] for name in names) if dialect.positional else parameters
     try:
         with closing(connection.cursor()) as cursor:
             cursor.execute(sql, arguments)
-            return cursor.fetchone()
+            return cursor.fetchall()
     except dialect.loaded_dbapi.Error as exc:
         raise DBAPIError.instance(sql, arguments, exc, dialect.loaded_dbapi.Error) from None
-    finally:
-        connection.close()
 
 
 @functools.cache
-def driver_sql(statement, dialect) -> tuple[str, tuple]:
-    """The statement compiled once for the dialect: its SQL and the names
-    of its parameters in order (for a positional driver: SQLite's ?)."""
+def driver_sql(statement, dialect) -> tuple[str, tuple, dict]:
+    """The statement compiled once for the dialect: its SQL, the names of
+    its parameters in order (for a positional driver: SQLite's ?), and the
+    values of those the statement holds itself (a literal: version + 1)."""
     compiled = statement.compile(dialect=dialect)
-    return str(compiled), tuple(compiled.positiontup or ())
+    values = {name: value for name, value in compiled.params.items() if value is not None}
+    return str(compiled), tuple(compiled.positiontup or ()), values
 
 
 def count_up_to(query, limit: int) -> int:
@@ -1104,6 +1123,13 @@ def stored_datetime(moment: datetime) -> str:
     return moment.isoformat(" ", "microseconds")[:26]
 
 
+def bound_moment(moment: datetime) -> str | datetime:
+    """A moment as a driver takes it for a column of UTCDateTime (see
+    run_on_driver): on SQLite the text SQLAlchemy stores, on PostgreSQL the
+    moment itself."""
+    return stored_datetime(moment) if db.engine.dialect.name == "sqlite" else moment
+
+
 IMPORT_INSERT = "INSERT INTO engine (id, title, thrust, version, updated_at, title_search) VALUES (?, ?, ?, ?, ?, ?)"
 
 
@@ -1257,45 +1283,211 @@ def changed_by() -> str:
     return os_user()
 
 
+# -- Writing one engine -------------------------------------------------------
+# Every change of one engine (add, update, delete, restore, revert) is one
+# statement on the driver (write_on_driver) that returns the engine as it
+# wrote it, and its history record, committed together (commit_written).
+# Each statement names the version it is based on, when it is based on one,
+# and a write of values the engine has already writes nothing.
+
+
+class EngineRow(NamedTuple):
+    """An engine as Engines reads one and writes one: a row of list_columns()."""
+
+    id: int
+    title: str
+    thrust: int
+    version: int
+    updated_at: str
+
+
+class NoIdsLeft(Exception):
+    """No new engine can be added: the ids up to MAX_INTEGER are used up."""
+
+    reason = (f"no ids are left for new engines. Ids go up to {MAX_INTEGER:,}, the most the API can "
+              "reach, and an engine with the highest one exists (an import gave it that id).")
+
+
+def ids_ran_out(exc: SQLAlchemyError) -> bool:
+    """Whether an insert failed for want of an id: SQLite's CHECK on the id
+    (AUTOINCREMENT went past MAX_INTEGER), PostgreSQL's sequence at its end."""
+    return "engine_id_check" in str(exc.orig) or getattr(exc.orig, "sqlstate", None) == "2200H"
+
+
+class EditConflict(Exception):
+    """The engine changed since the client read it; `engine` is how it is now."""
+
+    def __init__(self, engine: EngineRow):
+        super().__init__(f"Engine {engine.id} was changed by someone else since you read it: "
+                         f"it is now at version {engine.version}.")
+        self.engine = engine
+
+
+def check_expected_version(engine: EngineRow, expected_version: int | None) -> None:
+    """EditConflict unless the client's change is based on the engine's
+    current version (None: the client asked for no check)."""
+    if expected_version is not None and engine.version != expected_version:
+        raise EditConflict(engine)
+
+
+RECORD_INSERT = engine_history.insert().values(
+    {name: bindparam(f"new_{name}", type_=engine_history.c[name].type) for name in (
+        "engine_id", "version", "title", "thrust", "changed_at", "change", "source", "changed_by")}
+).returning(engine_history.c.id)
+NEXT_VERSION = case((Engine.version < MAX_INTEGER, Engine.version + 1), else_=Engine.version)
+
+
 def record_change(engine_id: int, version: int, title: str, thrust: int, change: str, source: str,
                   changed_at: datetime) -> int:
     """Write one history record in the session's transaction, so that it
     commits with the change it records or not at all; returns its id. The
     one place a change of one engine is recorded (record_bulk_load records
     the engines of a bulk load)."""
-    # Core on the session's connection: the ORM's machinery would cost more than the INSERT.
-    written = db.session.connection().execute(engine_history.insert(), {
-        "engine_id": engine_id, "version": version, "title": title, "thrust": thrust, "changed_at": changed_at,
-        "change": change, "source": source, "changed_by": changed_by()})
-    return written.inserted_primary_key[0]
+    [(record_id,)] = write_on_driver(RECORD_INSERT, {
+        "new_engine_id": engine_id, "new_version": version, "new_title": title, "new_thrust": thrust,
+        "new_changed_at": bound_moment(changed_at), "new_change": change, "new_source": source,
+        "new_changed_by": changed_by()})
+    return record_id
 
 
-def commit_change(engine: Engine, change: str, source: str) -> int | None:
-    """Write what the session holds for `engine` (added, changed or
-    deleted), record it in its history as `change` from `source`, and
-    commit both; returns the record's id, or None when nothing changed (and
-    nothing is recorded). If another writer changed the engine between our
-    read and our write, nothing is written: EditConflict, or a 404 if they
-    deleted it."""
-    deleting = engine in db.session.deleted
-    engine_id, before = engine.id, engine.version
-    title, thrust = engine.title, engine.thrust
-    try:
-        db.session.flush()
-    except StaleDataError:
-        db.session.rollback()
-        raise EditConflict(get_engine_or_404(engine_id)) from None
-    if deleting:  # a delete is a version too: the one that ended the engine
-        version, changed_at = min(before + 1, MAX_INTEGER), utcnow()
-    elif engine.version == before:
-        db.session.commit()
-        return None
-    else:
-        engine_id, version, changed_at = engine.id, engine.version, engine.updated_at
-        title, thrust = engine.title, engine.thrust
-    record_id = record_change(engine_id, version, title, thrust, change, source, changed_at)
+@functools.cache
+def insert_statement(dialect: str, restoring: bool):
+    """INSERT of an engine from the parameters new_title, new_thrust,
+    new_title_search and now: a new one at version 1, or (`restoring`) a
+    deleted one with its id (engine_id), at new_version."""
+    table = Engine.__table__
+    values = {"title": bindparam("new_title", type_=table.c.title.type),
+              "thrust": bindparam("new_thrust", type_=Integer()),
+              "title_search": bindparam("new_title_search", type_=Text()),
+              "updated_at": bindparam("now", type_=UTCDateTime()), "version": 1}
+    if restoring:
+        values.update(id=bindparam("engine_id", type_=Integer()), version=bindparam("new_version", type_=Integer()))
+    return table.insert().values(values).returning(*list_columns())
+
+
+@functools.cache
+def update_statement(dialect: str, fields: tuple[str, ...], checked: bool, forced: bool):
+    """UPDATE of an engine (parameter engine_id) that sets its `fields` to
+    the parameters new_<field> as its next version at `now`: only if its
+    version is `expected` (when `checked`), and only if a field changes
+    (unless `forced`)."""
+    table = Engine.__table__
+    values = {name: bindparam(f"new_{name}", type_=table.c[name].type) for name in fields}
+    if "title" in fields:
+        values["title_search"] = bindparam("new_title_search", type_=Text())
+    where = [table.c.id == bindparam("engine_id")]
+    if checked:
+        where.append(table.c.version == bindparam("expected", type_=Integer()))
+    if not forced:
+        where.append(or_(*(table.c[name].is_distinct_from(values[name]) for name in fields)))
+    return table.update().where(*where).values(
+        version=NEXT_VERSION, updated_at=bindparam("now", type_=UTCDateTime()), **values).returning(*list_columns())
+
+
+@functools.cache
+def delete_statement(dialect: str, checked: bool):
+    """DELETE of an engine (parameter engine_id), only if its version is
+    `expected` (when `checked`)."""
+    table = Engine.__table__
+    where = [table.c.id == bindparam("engine_id")]
+    if checked:
+        where.append(table.c.version == bindparam("expected", type_=Integer()))
+    return table.delete().where(*where).returning(*list_columns())
+
+
+def new_values(values: dict) -> dict:
+    """Checked values of an engine (validate_engine's) as the parameters of
+    the statements above: new_title, new_title_search, new_thrust."""
+    parameters = {f"new_{name}": value for name, value in values.items()}
+    if "title" in values:
+        parameters["new_title_search"] = search_text(values["title"])
+    return parameters
+
+
+def commit_written(engine: EngineRow, change: str, source: str, changed_at: datetime) -> int:
+    """Record the write of `engine` as `change` from `source` and commit
+    both; returns the record's id. Every write of one engine ends here."""
+    record_id = record_change(engine.id, engine.version, engine.title, engine.thrust, change, source, changed_at)
     db.session.commit()
     return record_id
+
+
+def add_engine(values: dict, source: str) -> tuple[EngineRow, int]:
+    """Add an engine with checked `values` (title, and thrust or 0) and
+    commit it with its history record ("create" from `source`); returns the
+    engine and the record's id. NoIdsLeft if no id is left for it."""
+    now = utcnow()
+    parameters = {"now": bound_moment(now), **new_values({"thrust": 0, **values})}
+    try:
+        [row] = write_on_driver(insert_statement(db.engine.dialect.name, False), parameters)
+    except (IntegrityError, DataError) as exc:
+        db.session.rollback()
+        if ids_ran_out(exc):
+            raise NoIdsLeft() from None
+        raise
+    engine = EngineRow(*row)
+    return engine, commit_written(engine, "create", source, now)
+
+
+def update_engine(engine_id: int, values: dict, expected: int | None, change: str, source: str,
+                  forced: bool = False) -> tuple[EngineRow, int | None]:
+    """Give the engine checked `values` (title, thrust or both) as its next
+    version, record it as `change` from `source` and commit both; returns
+    the engine and the record's id. Values it has already write nothing
+    and record nothing (the id is None), unless `forced`. EditConflict if
+    `expected` is given and is not its version; 404 if there is none."""
+    now = utcnow()
+    statement = update_statement(db.engine.dialect.name, tuple(sorted(values)), expected is not None, forced)
+    rows = write_on_driver(statement, {"engine_id": engine_id, "expected": expected, "now": bound_moment(now),
+                                       **new_values(values)}) if values and engine_id <= MAX_INTEGER else []
+    if not rows:
+        return unwritten(engine_id, expected), None
+    engine = EngineRow(*rows[0])
+    return engine, commit_written(engine, change, source, now)
+
+
+def remove_engine(engine_id: int, expected: int | None, source: str) -> tuple[EngineRow, int]:
+    """Delete the engine and record it ("delete" from `source`, at the
+    version after its last: a delete is a version too, the one that ended
+    the engine); commits; returns the engine as it was and the record's
+    id. EditConflict if `expected` is given and is not its version; 404 if
+    there is none."""
+    now = utcnow()
+    statement = delete_statement(db.engine.dialect.name, expected is not None)
+    rows = write_on_driver(statement, {"engine_id": engine_id, "expected": expected}) \
+        if engine_id <= MAX_INTEGER else []
+    if not rows:  # none (404), not at `expected`, or (PostgreSQL) restored again meanwhile: a conflict
+        raise EditConflict(unwritten(engine_id, expected))
+    engine = EngineRow(*rows[0])
+    ended = engine._replace(version=min(engine.version + 1, MAX_INTEGER))
+    return engine, commit_written(ended, "delete", source, now)
+
+
+def engine_row(engine_id: int) -> EngineRow | None:
+    """The engine with this id as it is now, in the session's transaction; None if there is none."""
+    row = read(one_engine_query(db.engine.dialect.name), {"engine_id": engine_id}).first() \
+        if engine_id <= MAX_INTEGER else None
+    return None if row is None else EngineRow(*row)
+
+
+def get_engine_or_404(engine_id: int) -> EngineRow:
+    engine = engine_row(engine_id)
+    if engine is None:
+        abort(404, description=f"Engine {engine_id} was not found.")
+    return engine
+
+
+def unwritten(engine_id: int, expected: int | None) -> EngineRow:
+    """Why a write of the engine changed no row: 404 if there is no such
+    engine; EditConflict if it is not at version `expected`; otherwise it
+    had the values already, and it is returned as it is (the transaction
+    committed: nothing was written)."""
+    engine = get_engine_or_404(engine_id)
+    if expected is not None and engine.version != expected:
+        db.session.rollback()
+        raise EditConflict(engine)
+    db.session.commit()
+    return engine
 
 
 def record_bulk_load(first_new_id: int, ids: list[int], change: str, source: str,
@@ -1371,7 +1563,7 @@ def deleted_record(engine_id: int):
     """The record of the delete of an engine that is deleted now: its newest
     record, if that is a delete and no engine has its id; else None."""
     record = latest_record(engine_id)
-    if record is None or record.change != "delete" or db.session.get(Engine, engine_id) is not None:
+    if record is None or record.change != "delete" or engine_row(engine_id) is not None:
         return None
     return record
 
@@ -1525,7 +1717,7 @@ def thrust_chart(records: list, until: datetime | None) -> ThrustChart | None:
 # -- Restore, revert, undo and retention ------------------------------------------
 
 
-def restore_engine(engine_id: int, source: str, expected_version: int | None = None) -> tuple[Engine, int]:
+def restore_engine(engine_id: int, source: str, expected_version: int | None = None) -> tuple[EngineRow, int]:
     """Bring back a deleted engine with its old id, title and thrust, at the
     version after its delete's, recorded as "restore"; commits. The id is
     free: ids are never handed out twice. Returns the engine and the
@@ -1537,32 +1729,31 @@ def restore_engine(engine_id: int, source: str, expected_version: int | None = N
     if expected_version is not None and expected_version != record.version:
         raise Conflict(f"Engine {engine_id} was deleted at version {record.version}, not {expected_version}: "
                        "read the deleted engines again.")
-    version, now = min(record.version + 1, MAX_INTEGER), utcnow()
+    now = utcnow()
+    parameters = {"engine_id": engine_id, "new_version": min(record.version + 1, MAX_INTEGER),
+                  "now": bound_moment(now), **new_values({"title": record.title, "thrust": record.thrust})}
     try:
-        db.session.execute(Engine.__table__.insert(), {
-            "id": engine_id, "title": record.title, "thrust": record.thrust, "version": version, "updated_at": now,
-            "title_search": search_text(record.title)})
+        [row] = write_on_driver(insert_statement(db.engine.dialect.name, True), parameters)
     except IntegrityError:  # restored by another writer meanwhile (PostgreSQL; SQLite's writers take turns)
         db.session.rollback()
         abort(404, description=f"Engine {engine_id} is not deleted: it was restored meanwhile.")
-    record_id = record_change(engine_id, version, record.title, record.thrust, "restore", source, now)
-    db.session.commit()
-    return db.session.get(Engine, engine_id), record_id
+    engine = EngineRow(*row)
+    return engine, commit_written(engine, "restore", source, now)
 
 
 def not_deleted_because(engine_id: int) -> str:
     """Why an engine is not among the deleted ones, in words."""
-    if engine_id <= MAX_INTEGER and db.session.get(Engine, engine_id) is not None:
+    if engine_row(engine_id) is not None:
         return "it exists."
     if latest_record(engine_id) is None:
         return "there never was an engine with this id."
     return "it was deleted by another program, which left no record of it in the history."
 
 
-def engine_to_revert(engine_id: int) -> Engine:
+def engine_to_revert(engine_id: int) -> EngineRow:
     """The engine a revert changes: 404 for an unknown id, 409 for a deleted
     engine, which must be restored first."""
-    engine = db.session.get(Engine, engine_id) if engine_id <= MAX_INTEGER else None
+    engine = engine_row(engine_id)
     if engine is None and latest_record(engine_id) is not None:
         raise Conflict(f"Engine {engine_id} is deleted: restore it first, then revert it.")
     if engine is None:
@@ -1570,9 +1761,10 @@ def engine_to_revert(engine_id: int) -> Engine:
     return engine
 
 
-def revert_engine(engine: Engine, version: int, expected_version: int | None, source: str) -> int:
+def revert_engine(engine: EngineRow, version: int, expected_version: int | None, source: str) -> tuple[EngineRow, int]:
     """Set the engine back to the title and thrust of its `version`, as a new
-    version, recorded as "revert"; commits, returns the record's id.
+    version, recorded as "revert"; commits, returns the engine and the
+    record's id.
     EditConflict if `expected_version` is given and is not its version now;
     404 if its history holds no such version."""
     check_expected_version(engine, expected_version)
@@ -1585,11 +1777,11 @@ def revert_engine(engine: Engine, version: int, expected_version: int | None, so
     return put_back(engine, target.title, target.thrust, source)
 
 
-def put_back(engine: Engine, title: str, thrust: int, source: str) -> int:
-    """Give the engine this title and thrust as a new version, even if it has
-    them already, recorded as "revert"; commits, returns the record's id."""
-    engine.title, engine.thrust, engine.updated_at = title, thrust, utcnow()
-    return commit_change(engine, "revert", source)
+def put_back(engine: EngineRow, title: str, thrust: int, source: str) -> tuple[EngineRow, int]:
+    """Give the engine, still at the version read, this title and thrust as
+    a new version, even if it has them already, recorded as "revert";
+    commits, returns the engine and the record's id."""
+    return update_engine(engine.id, {"title": title, "thrust": thrust}, engine.version, "revert", source, forced=True)
 
 
 def undo_change(record_id: int, source: str) -> tuple[str, int]:
@@ -1604,7 +1796,7 @@ def undo_change(record_id: int, source: str) -> tuple[str, int]:
         if record_id <= MAX_INTEGER else None
     if record is None:
         abort(404, description="That change is not in the history any more; nothing was undone.")
-    engine = db.session.get(Engine, record.engine_id)
+    engine = engine_row(record.engine_id)
     changed_since = Conflict(f"“{record.title}” has changed since, so this undo would overwrite a later change; "
                              "nothing was undone. Its history shows what happened.")
     if record.change == "delete":
@@ -1617,16 +1809,15 @@ def undo_change(record_id: int, source: str) -> tuple[str, int]:
             record.change not in UNDONE_BY_DELETING + UNDONE_BY_REVERTING:
         raise changed_since
     if record.change in UNDONE_BY_DELETING:
-        title = engine.title
-        db.session.delete(engine)
-        return f"Deleted “{title}”.", commit_change(engine, "delete", source)
+        _, new_id = remove_engine(engine.id, engine.version, source)
+        return f"Deleted “{engine.title}”.", new_id
     before = read(
         select(engine_history.c.title, engine_history.c.thrust, engine_history.c.version)
         .where(engine_history.c.engine_id == record.engine_id, engine_history.c.id < record.id)
         .order_by(engine_history.c.id.desc()).limit(1)).first()
     if before is None:
         raise Conflict(f"The version of “{record.title}” before this change is no longer kept; nothing was undone.")
-    new_id = put_back(engine, before.title, before.thrust, source)
+    engine, new_id = put_back(engine, before.title, before.thrust, source)
     return f"“{engine.title}” is back to thrust {engine.thrust:,}, as at version {before.version}.", new_id
 
 
@@ -3288,7 +3479,7 @@ def list_params_of(url: str) -> dict:
         return parse_list_args(MultiDict())
 
 
-def landing_url(engine: Engine) -> str:
+def landing_url(engine: EngineRow) -> str:
     """The list page where a new engine lands, in the order and search the
     user had (a search it does not match is cleared), with the engine
     highlighted: the last page when engines are sorted oldest first, the
@@ -3316,58 +3507,6 @@ def create_engine():
     engine, record_id = add_engine(values, "page")
     flash_change(f"Added “{engine.title}”.", record_id)
     return redirect(landing_url(engine))
-
-
-def get_engine_or_404(engine_id: int) -> Engine:
-    engine = db.session.get(Engine, engine_id) if engine_id <= MAX_INTEGER else None
-    if engine is None:
-        abort(404, description=f"Engine {engine_id} was not found.")
-    return engine
-
-
-class NoIdsLeft(Exception):
-    """No new engine can be added: the ids up to MAX_INTEGER are used up."""
-
-    reason = (f"no ids are left for new engines. Ids go up to {MAX_INTEGER:,}, the most the API can "
-              "reach, and an engine with the highest one exists (an import gave it that id).")
-
-
-def ids_ran_out(exc: SQLAlchemyError) -> bool:
-    """Whether an insert failed for want of an id: SQLite's CHECK on the id
-    (AUTOINCREMENT went past MAX_INTEGER), PostgreSQL's sequence at its end."""
-    return "engine_id_check" in str(exc.orig) or getattr(exc.orig, "sqlstate", None) == "2200H"
-
-
-def add_engine(values: dict, source: str) -> tuple[Engine, int]:
-    """Add an engine with checked `values` (validate_engine's) and commit it
-    with its history record ("create" from `source`); returns the engine and
-    the record's id. NoIdsLeft if no id is left for it."""
-    engine = Engine(**values)
-    db.session.add(engine)
-    try:
-        record_id = commit_change(engine, "create", source)
-    except (IntegrityError, DataError) as exc:
-        db.session.rollback()
-        if ids_ran_out(exc):
-            raise NoIdsLeft() from None
-        raise
-    return engine, record_id
-
-
-class EditConflict(Exception):
-    """The engine changed since the client read it; `engine` is how it is now."""
-
-    def __init__(self, engine: Engine):
-        super().__init__(f"Engine {engine.id} was changed by someone else since you read it: "
-                         f"it is now at version {engine.version}.")
-        self.engine = engine
-
-
-def check_expected_version(engine: Engine, expected_version: int | None) -> None:
-    """EditConflict unless the client's change is based on the engine's
-    current version (None: the client asked for no check)."""
-    if expected_version is not None and engine.version != expected_version:
-        raise EditConflict(engine)
 
 
 def flash_change(message: str, record_id: int | tuple[int, int] | None) -> None:
@@ -3400,8 +3539,7 @@ def edit_engine(engine_id: int):
                 merged_note = f" Their change of {' and '.join(kept)} is kept." if kept else ""
             if not conflicts:
                 try:
-                    engine.title, engine.thrust = values["title"], values["thrust"]
-                    record_id = commit_change(engine, "update", "page")
+                    engine, record_id = update_engine(engine.id, values, engine.version, "update", "page")
                 except EditConflict as conflict:  # saved by someone else between our read and our write
                     engine = conflict.engine
                     values, conflicts = merge_edit(form.base_values(), values, engine)
@@ -3426,35 +3564,33 @@ def set_thrust(engine_id: int):
     (Accept: application/json) and stays where it is; without it, a form
     post that returns to the list with a message."""
     as_json = request.accept_mimetypes.best == "application/json"
-    engine = get_engine_or_404(engine_id)
     back = safe_next_url(url_for("pages.index"))
     value = integer_from_text(request.form.get("thrust", ""))
     try:
-        engine.thrust = validate_engine({"thrust": value}, partial=True)["thrust"]
+        values = validate_engine({"thrust": value}, partial=True)
     except ValidationError as exc:
+        title = get_engine_or_404(engine_id).title
         if as_json:
             return {"error": exc.fields["thrust"], "fields": exc.fields}, 400
-        flash(f"“{engine.title}”: {exc.fields['thrust']}", "error")
+        flash(f"“{title}”: {exc.fields['thrust']}", "error")
         return redirect(back)
-    record_id = commit_change(engine, "update", "page")
+    engine, record_id = update_engine(engine_id, values, None, "update", "page")
     message = f"“{engine.title}” thrust set to {engine.thrust:,}."
     if as_json:
-        return {**engine.to_json(), "shown": f"{engine.thrust:,}", "message": message, "undo": record_id}
+        return {**engine_json(engine), "shown": f"{engine.thrust:,}", "message": message, "undo": record_id}
     flash_change(message, record_id)
     return redirect(back)
 
 
 @pages.route("/engines/<int:engine_id>/delete", methods=["GET", "POST"])
 def delete_engine(engine_id: int):
-    engine = get_engine_or_404(engine_id)
     back = safe_next_url(url_for("pages.index"))
-    if request.method == "POST":
-        title = engine.title
-        db.session.delete(engine)
-        record_id = commit_change(engine, "delete", "page")
-        flash_change(f"Deleted “{title}”.", record_id)
+    if request.method == "POST":  # based on the version the page showed; a form without one deletes what is stored
+        expected = form_number("version") if "version" in request.form else None
+        engine, record_id = remove_engine(engine_id, expected, "page")
+        flash_change(f"Deleted “{engine.title}”.", record_id)
         return redirect(back)
-    return render_template("delete.html", engine=engine, next=back)
+    return render_template("delete.html", engine=get_engine_or_404(engine_id), next=back)
 
 
 def form_number(name: str, check=check_version) -> int:
@@ -3475,7 +3611,7 @@ def check_record_id(value) -> int:
 @pages.get("/engines/<int:engine_id>/history")
 def engine_history_page(engine_id: int):
     params = parse_history_args(request.args)
-    engine = db.session.get(Engine, engine_id) if engine_id <= MAX_INTEGER else None
+    engine = engine_row(engine_id)
     page = history_of(engine_id, **params) if engine_id <= MAX_INTEGER else RecordPage([], None)
     latest = page.records[0] if page.records and params["after"] is None else latest_record(engine_id)
     if engine is None and latest is None:
@@ -3493,7 +3629,7 @@ def engine_history_page(engine_id: int):
 def revert_engine_page(engine_id: int):
     engine = engine_to_revert(engine_id)
     version = form_number("version")
-    record_id = revert_engine(engine, version, form_number("current"), "page")
+    engine, record_id = revert_engine(engine, version, form_number("current"), "page")
     flash_change(f"“{engine.title}” is back to version {version}: thrust {engine.thrust:,}.", record_id)
     return redirect(safe_next_url(url_for("pages.engine_history_page", engine_id=engine_id)))
 
@@ -3648,9 +3784,9 @@ def etag(version: int) -> str:
     return f'"{version}"'
 
 
-def engine_response(engine: Engine, status: int = 200, headers: dict | None = None):
+def engine_response(engine: EngineRow, status: int = 200, headers: dict | None = None):
     """The engine as JSON, with its ETag."""
-    return engine.to_json(), status, {"ETag": etag(engine.version), **(headers or {})}
+    return engine_json(engine), status, {"ETag": etag(engine.version), **(headers or {})}
 
 
 def expected_version(from_body: int | None) -> int | None:
@@ -3871,22 +4007,15 @@ def api_get_engine(engine_id: int):
 
 @api.patch("/engines/<int:engine_id>")
 def api_update_engine(engine_id: int):
-    data = read_json_object()
-    engine = get_engine_or_404(engine_id)
-    values = validate_engine(data, partial=True)
-    check_expected_version(engine, expected_version(values.pop("version", None)))
-    for name, value in values.items():
-        setattr(engine, name, value)
-    commit_change(engine, "update", "api")
+    values = validate_engine(read_json_object(), partial=True)
+    expected = expected_version(values.pop("version", None))
+    engine, _ = update_engine(engine_id, values, expected, "update", "api")
     return engine_response(engine)
 
 
 @api.delete("/engines/<int:engine_id>")
 def api_delete_engine(engine_id: int):
-    engine = get_engine_or_404(engine_id)
-    check_expected_version(engine, expected_version(None))
-    db.session.delete(engine)
-    commit_change(engine, "delete", "api")
+    remove_engine(engine_id, expected_version(None), "api")
     return "", 204
 
 
@@ -3934,7 +4063,7 @@ def api_engine_history(engine_id: int):
 def api_revert_engine(engine_id: int):
     data = read_json_object()
     engine = engine_to_revert(engine_id)
-    revert_engine(engine, revert_target(data), expected_version(None), "api")
+    engine, _ = revert_engine(engine, revert_target(data), expected_version(None), "api")
     return engine_response(engine)
 
 
@@ -4051,7 +4180,8 @@ def handle_no_ids_left(exc: NoIdsLeft):
 
 def handle_edit_conflict(exc: EditConflict):
     if wants_json():
-        body = {"error": f"{exc} Read it again and base your change on that version.", "engine": exc.engine.to_json()}
+        body = {"error": f"{exc} Read it again and base your change on that version.",
+                "engine": engine_json(exc.engine)}
         return body, 409, {"ETag": etag(exc.engine.version)}
     return render_template("error.html", error=Conflict(f"{exc} Go back, reload and try again.")), 409
 
@@ -4154,7 +4284,7 @@ def import_command(file: Path):
 def history_command(engine_id: int):
     """Print the history of engine ID, newest first: each version, when
     (UTC), what changed, from where, by whom, and its thrust and title."""
-    engine = db.session.get(Engine, engine_id)
+    engine = engine_row(engine_id)
     page = history_of(engine_id, per_page=EXPORT_BATCH)
     if engine is None and not page.records:
         raise click.ClickException(f"There is no engine {engine_id}, and there never was.")

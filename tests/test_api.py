@@ -450,6 +450,40 @@ def test_a_patch_that_changes_nothing_keeps_the_version(client):
     assert client.patch("/api/engines/1", json={"thrust": 5}).get_json() == engine
 
 
+def test_a_patch_naming_the_title_it_has_keeps_it_found_and_writes_only_a_change(client):
+    """A title sent unchanged is written again with the thrust (the search
+    indexes are rebuilt for it by their triggers): it must stay found, and
+    sending both unchanged must write nothing."""
+    post(client, {"title": "Straße 9", "thrust": 1})
+    changed = client.patch("/api/engines/1", json={"title": "Straße 9", "thrust": 2})
+    assert changed.get_json()["version"] == 2
+    assert client.patch("/api/engines/1", json={"title": "Straße 9", "thrust": 2}).get_json() == changed.get_json()
+    for q in ["strasse", "STRASSE 9", "ß", "e 9"]:
+        assert [e["id"] for e in client.get("/api/engines", query_string={"q": q}).get_json()["engines"]] == [1], q
+    history = client.get("/api/engines/1/history").get_json()["history"]
+    assert [(h["version"], h["thrust"]) for h in history] == [(2, 2), (1, 1)]
+
+
+def test_an_engine_at_the_highest_version_is_still_changed_deleted_and_restored(client, app, instance_dir):
+    """Another program (or an import) can leave an engine at the highest
+    version there is. A change keeps it there, as a delete and a restore
+    do, rather than fail: the history records each."""
+    post(client, {"title": "Main", "thrust": 1})
+    with closing(sqlite3.connect(instance_dir / "engines.sqlite3")) as other, other:
+        other.execute("UPDATE engine SET version = ?", (engines.MAX_INTEGER,))
+    top = f'"{engines.MAX_INTEGER}"'
+    response = client.patch("/api/engines/1", json={"thrust": 2}, headers={"If-Match": top})
+    assert (response.status_code, response.get_json()["version"], response.headers["ETag"]) == \
+        (200, engines.MAX_INTEGER, top)
+    assert client.delete("/api/engines/1", headers={"If-Match": top}).status_code == 204
+    assert client.post("/api/deleted/1/restore").status_code == 201
+    history = client.get("/api/engines/1/history").get_json()["history"]
+    assert [(h["change"], h["version"], h["thrust"]) for h in history] == [
+        ("restore", engines.MAX_INTEGER, 2), ("delete", engines.MAX_INTEGER, 2), ("update", engines.MAX_INTEGER, 2),
+        ("create", 1, 1)]
+    assert all_engines(app) == [(1, "Main", 2)]
+
+
 @pytest.mark.parametrize("headers, body", [
     ({"If-Match": '"2"'}, {"thrust": 9}),
     ({"If-Match": "2"}, {"thrust": 9}),

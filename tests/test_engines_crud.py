@@ -110,6 +110,26 @@ def test_delete_asks_first_then_deletes(client, app):
     assert all_engines(app) == [(2, "Spare", 2)]
 
 
+def test_a_delete_confirmed_on_a_page_that_went_stale_deletes_nothing(client, app):
+    """The confirmation names an engine as it was when the page was shown:
+    if it changed since, the delete is refused, and a page shown again
+    deletes it."""
+    add_engines(app, [{"title": "Main", "thrust": 1}])
+    page = client.get("/engines/1/delete").get_data(as_text=True)
+    assert 'name="version" value="1"' in page
+    client.patch("/api/engines/1", json={"title": "Renamed elsewhere"})
+    response = form_post(client, "/engines/1/delete", {"version": "1"})
+    assert response.status_code == 409
+    assert "was changed by someone else since you read it: it is now at version 2" in response.get_data(as_text=True)
+    assert all_engines(app) == [(1, "Renamed elsewhere", 1)]
+    response = form_post(client, "/engines/1/delete", {"version": "two"})
+    assert response.status_code == 400 and "Version must be a whole number" in response.get_data(as_text=True)
+    assert 'name="version" value="2"' in client.get("/engines/1/delete").get_data(as_text=True)
+    response = form_post(client, "/engines/1/delete", {"version": "2"}, follow_redirects=True)
+    assert "Deleted “Renamed elsewhere”." in response.get_data(as_text=True)
+    assert all_engines(app) == []
+
+
 @pytest.mark.parametrize("url", ["/engines/9/edit", "/engines/9/delete"])
 def test_unknown_engine_is_a_404_page(client, url):
     response = client.get(url)

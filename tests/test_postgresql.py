@@ -218,55 +218,90 @@ def test_backup_and_restore_on_postgresql_say_to_use_pg_dump(pg_app, tmp_path):
     assert "pg_dump" in page and "Back up now" not in page
 
 
-# A write that lands between Engines reading an engine and writing it: real on
-# PostgreSQL, where a transaction reads without locking (READ COMMITTED).
+# Another program's write, on PostgreSQL, where a transaction reads without
+# locking (READ COMMITTED) and Engines takes no lock of its own.
 
-@pytest.fixture
-def someone_else_writes_first(pg_url):
-    """Just before Engines writes an engine, another program commits a
-    change to it through a connection of its own."""
-    other = create_engine(pg_url)
-    crossed: list[str] = []
-
-    def cross(connection, cursor, statement, parameters, context, executemany):
-        if statement.startswith(("UPDATE engine", "DELETE FROM engine")) and connection.engine is not other \
-                and not crossed:
-            crossed.append(statement)
-            with other.begin() as writer:
-                writer.execute(text("UPDATE engine SET title = 'Theirs', version = version + 1"))
-
-    event.listen(SqlEngine, "before_cursor_execute", cross)
-    yield crossed
-    event.remove(SqlEngine, "before_cursor_execute", cross)
-    other.dispose()
+def someone_else_retitles(url: str) -> None:
+    """Another program commits a change of engine 1's title, through a connection of its own."""
+    other = create_engine(url)
+    try:
+        with other.begin() as writer:
+            writer.execute(text("UPDATE engine SET title = 'Theirs', version = version + 1 WHERE id = 1"))
+    finally:
+        other.dispose()
 
 
-@pytest.mark.parametrize("method, url, body", [("PATCH", "/api/engines/1", {"thrust": 9}),
-                                                ("DELETE", "/api/engines/1", None)])
-def test_an_api_write_that_crosses_another_is_a_conflict_not_lost(pg_app, someone_else_writes_first,
-                                                                   method, url, body):
+@pytest.mark.parametrize("write", ["PATCH", "DELETE", "the page's Delete"])
+def test_a_write_based_on_a_version_another_program_moved_on_is_a_conflict(pg_app, pg_url, write):
     client = pg_app.test_client()
     client.post("/api/engines", json={"title": "Main", "thrust": 1})
-    response = client.open(url, method=method, json=body)
-    assert someone_else_writes_first, "the other write happened"
-    assert response.status_code == 409
-    assert response.get_json()["engine"] | {"updated_at": None} == \
-        {"id": 1, "title": "Theirs", "thrust": 1, "version": 2, "updated_at": None}
+    if write == "the page's Delete":
+        assert 'name="version" value="1"' in client.get("/engines/1/delete").get_data(as_text=True)
+        someone_else_retitles(pg_url)
+        response = client.post("/engines/1/delete", data={"csrf_token": csrf_token(client), "version": "1"})
+        assert response.status_code == 409
+        assert "was changed by someone else since you read it" in response.get_data(as_text=True)
+    else:
+        someone_else_retitles(pg_url)
+        response = client.open("/api/engines/1", method=write, json={"thrust": 9} if write == "PATCH" else None,
+                               headers={"If-Match": '"1"'})
+        assert response.status_code == 409
+        assert response.get_json()["engine"] | {"updated_at": None} == \
+            {"id": 1, "title": "Theirs", "thrust": 1, "version": 2, "updated_at": None}
     assert all_engines(pg_app) == [(1, "Theirs", 1)]
     assert [h["change"] for h in client.get("/api/engines/1/history").get_json()["history"]] == ["create"], \
         "no record of the write that was refused"
 
 
-@pytest.mark.parametrize("url, data", [("/engines/1/thrust", {"thrust": "9"}), ("/engines/1/delete", {}),
-                                       ("/engines/1/edit", {"title": "Mine", "thrust": "9", "version": "1"})])
-def test_a_page_write_that_crosses_another_is_refused_not_lost(pg_app, someone_else_writes_first, url, data):
+@pytest.mark.parametrize("url, data", [("/api/engines/1", {"thrust": 9}), ("/engines/1/thrust", {"thrust": "9"})])
+def test_a_thrust_set_without_a_version_keeps_the_title_another_program_gave(pg_app, pg_url, url, data):
+    """Without a version, a write sets what it names on the engine as it is
+    stored at that moment, in one statement: nothing read before it can be
+    out of date, and the other program's title stays."""
     client = pg_app.test_client()
     client.post("/api/engines", json={"title": "Main", "thrust": 1})
-    response = client.post(url, data={"csrf_token": csrf_token(client), **data})
+    someone_else_retitles(pg_url)
+    if url.startswith("/api/"):
+        response = client.patch(url, json=data)
+        assert response.status_code == 200 and response.headers["ETag"] == '"3"'
+    else:
+        response = client.post(url, data={"csrf_token": csrf_token(client), **data})
+        assert response.status_code == 302
+    assert all_engines(pg_app) == [(1, "Theirs", 9)]
+    history = client.get("/api/engines/1/history").get_json()["history"]
+    assert [(h["version"], h["change"], h["title"], h["thrust"]) for h in history] == \
+        [(3, "update", "Theirs", 9), (1, "create", "Main", 1)]
+
+
+@pytest.fixture
+def someone_else_writes_first(pg_url):
+    """Just after the edit page reads the engine it saves (to merge an edit
+    based on an older version), another program commits a change to it
+    through a connection of its own."""
+    other = create_engine(pg_url)
+    crossed: list[str] = []
+
+    def cross(connection, cursor, statement, parameters, context, executemany):
+        if statement.startswith("SELECT engine.id, engine.title") and connection.engine is not other \
+                and connection.in_transaction() and not crossed:
+            crossed.append(statement)
+            with other.begin() as writer:
+                writer.execute(text("UPDATE engine SET title = 'Theirs', version = version + 1"))
+
+    event.listen(SqlEngine, "after_cursor_execute", cross)
+    yield crossed
+    event.remove(SqlEngine, "after_cursor_execute", cross)
+    other.dispose()
+
+
+def test_an_edit_that_crosses_another_is_refused_not_lost(pg_app, someone_else_writes_first):
+    client = pg_app.test_client()
+    client.post("/api/engines", json={"title": "Main", "thrust": 1})
+    response = client.post("/engines/1/edit", data={"csrf_token": csrf_token(client), "title": "Mine", "thrust": "9",
+                                                    "version": "1"})
     assert someone_else_writes_first, "the other write happened"
     assert response.status_code == 409
-    page = response.get_data(as_text=True)
-    assert "was changed by someone else since you read it" in page or "Someone else changed this engine" in page
+    assert "Someone else changed this engine" in response.get_data(as_text=True)
     assert all_engines(pg_app) == [(1, "Theirs", 1)]
     assert len(client.get("/api/engines/1/history").get_json()["history"]) == 1
 

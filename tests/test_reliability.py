@@ -354,23 +354,29 @@ def test_a_database_in_a_read_only_folder_is_refused_and_kept(shared_tmp):
     assert digest(db_file) == before
 
 
-def test_a_read_the_database_refuses_is_a_503_naming_why_and_the_server_stays_up(live_server):
+def test_a_read_or_write_the_database_refuses_is_a_503_naming_why_and_the_server_stays_up(live_server):
     """Another program takes the engine table away while Engines runs (here
-    the sqlite3 module renames it): reading an engine says why, in JSON and
-    on the page, and works again once the table is back."""
+    the sqlite3 module renames it): reading, adding, changing or deleting
+    an engine says why, in JSON and on the page, writes nothing, and works
+    again once the table is back."""
     api = f"{live_server.url}/api/engines"
     assert requests.post(api, json={"title": "Main", "thrust": 7}, timeout=10).status_code == 201
     database = live_server.instance / "engines.sqlite3"
     with closing(sqlite3.connect(database, isolation_level=None)) as other:
         other.execute("ALTER TABLE engine RENAME TO engine_away")
-        response = requests.get(f"{api}/1", timeout=10)
-        assert response.status_code == 503
-        assert "no such table: engine" in response.json()["error"]
+        for method, url, body in [("GET", f"{api}/1", None), ("POST", api, {"title": "Spare"}),
+                                  ("PATCH", f"{api}/1", {"thrust": 8}), ("DELETE", f"{api}/1", None)]:
+            response = requests.request(method, url, json=body, timeout=10)
+            assert response.status_code == 503, method
+            assert "no such table: engine" in response.json()["error"], method
         assert "no such table: engine" in requests.get(f"{live_server.url}/engines/1/edit", timeout=10).text
         assert requests.get(f"{live_server.url}/api/health", timeout=10).json()["status"] == "ok"
         other.execute("ALTER TABLE engine_away RENAME TO engine")
     response = requests.get(f"{api}/1", timeout=10)
     assert (response.status_code, response.json()["title"], response.headers["ETag"]) == (200, "Main", '"1"')
+    history = requests.get(f"{api}/1/history", timeout=10).json()["history"]
+    assert [h["change"] for h in history] == ["create"], "nothing refused was recorded"
+    assert requests.patch(f"{api}/1", json={"thrust": 8}, timeout=10).json()["version"] == 2
     assert live_server.stop() == 0
     assert integrity(database) == "ok"
 
