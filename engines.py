@@ -11,7 +11,7 @@ Contents, in reading order (each a section headed by a ruled comment):
 1. The model and its validation
 2. Listing and search
 3. Export and import
-4. History: every change kept, undo, and deleted engines
+4. Writing an engine, and its history: every change kept, undo, deleted engines
 5. Configuration and the app factory
 6. Schema upgrades, backups and restore
 7. Guarding a server on the user's own machine
@@ -1252,7 +1252,7 @@ def import_engines(file, progress=lambda line: None, recorded=lambda first, last
 
 
 # ---------------------------------------------------------------------------
-# History: every change kept, undo, and deleted engines
+# Writing an engine, and its history: every change kept, undo, deleted engines
 # ---------------------------------------------------------------------------
 
 # What undo does to each kind of change: take back a create, import or
