@@ -115,6 +115,36 @@ def test_crud_and_stale_edits_on_postgresql(pg_app):
     assert all_engines(pg_app) == [(2, "Spare", 0)]
 
 
+@pytest.mark.parametrize("limit_kb", [engines.GIN_PENDING_LIST_KB, 4000])
+def test_engines_writes_keep_the_search_indexes_pending_lists_short(pg_app, pg_url, monkeypatch, limit_kb):
+    """A search reads every entry of a GIN index's pending list, which every
+    write of an engine adds to (a change of thrust too: the row is new to
+    the index). Engines' connections flush it at 64 kB; at PostgreSQL's
+    default of 4 MB (the second case, near it, shows that the test can fail) 400
+    changes of a thrust leave it at several times that."""
+    engines_limit = engines.GIN_PENDING_LIST_KB
+    most_pages = engines_limit // 8 + 1  # of 8 kB: the limit, and the page that passed it
+    monkeypatch.setattr(engines, "GIN_PENDING_LIST_KB", limit_kb)
+    with pg_app.app_context():
+        engines.db.engine.dispose()  # connections made from here on take limit_kb
+        engines.db.session.execute(text("INSERT INTO engine (title, thrust, updated_at) SELECT 'Engine ' || n, n, now()"
+                                        " FROM generate_series(1, 2000) AS n"))
+        engines.db.session.commit()
+        assert engines.db.session.execute(text("SHOW gin_pending_list_limit")).scalar() == f"{limit_kb}kB"
+    client = pg_app.test_client()
+    for n in range(400):
+        assert client.patch(f"/api/engines/{1 + n * 5}", json={"thrust": n}).status_code == 200
+    other = create_engine(pg_url)
+    try:
+        with other.begin() as connection:
+            connection.execute(text("CREATE EXTENSION IF NOT EXISTS pgstattuple"))
+            pages = [connection.execute(text("SELECT pending_pages FROM pgstatginindex(:index)"), {"index": index})
+                     .scalar() for index in ("engine_search_idx", "engine_short_search_idx")]
+    finally:
+        other.dispose()
+    assert (max(pages) <= most_pages) == (limit_kb == engines_limit), pages
+
+
 def test_on_postgresql_the_state_tag_follows_engines_writes_and_another_client_s(pg_app, pg_url):
     """Engines' own writes change the tag at once; another client's once the
     server's statistics have it, which PostgreSQL gathers within about a second."""
