@@ -3599,7 +3599,10 @@ def delete_engine(engine_id: int):
     back = safe_next_url(url_for("pages.index"))
     if request.method == "POST":  # based on the version the page showed; a form without one deletes what is stored
         expected = form_number("version") if "version" in request.form else None
-        engine, record_id = remove_engine(engine_id, expected, "page")
+        try:
+            engine, record_id = remove_engine(engine_id, expected, "page")
+        except EditConflict as conflict:  # ask again, about the engine as it is now
+            return render_template("delete.html", engine=conflict.engine, next=back, changed=True), 409
         flash_change(f"Deleted “{engine.title}”.", record_id)
         return redirect(back)
     return render_template("delete.html", engine=get_engine_or_404(engine_id), next=back)

@@ -270,7 +270,7 @@ def test_a_write_based_on_a_version_another_program_moved_on_is_a_conflict(pg_ap
         someone_else_retitles(pg_url)
         response = client.post("/engines/1/delete", data={"csrf_token": csrf_token(client), "version": "1"})
         assert response.status_code == 409
-        assert "was changed by someone else since you read it" in response.get_data(as_text=True)
+        assert "Someone else changed this engine since you asked to delete it." in response.get_data(as_text=True)
     else:
         someone_else_retitles(pg_url)
         response = client.open("/api/engines/1", method=write, json={"thrust": 9} if write == "PATCH" else None,
