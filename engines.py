@@ -1351,16 +1351,35 @@ def record_change(engine_id: int, version: int, title: str, thrust: int, change:
     return record_id
 
 
+def new_value_binds(fields) -> dict:
+    """The bound parameters of the statements below that give an engine's
+    `fields` their new values (see new_values): new_<field>, and
+    new_title_search beside a title."""
+    table = Engine.__table__
+    binds = {name: bindparam(f"new_{name}", type_=table.c[name].type) for name in fields}
+    if "title" in fields:
+        binds["title_search"] = bindparam("new_title_search", type_=Text())
+    return binds
+
+
+def one_engine_where(checked: bool) -> list:
+    """The engine whose id is the parameter engine_id and, when `checked`,
+    whose version is the parameter `expected`."""
+    table = Engine.__table__
+    where = [table.c.id == bindparam("engine_id")]
+    if checked:
+        where.append(table.c.version == bindparam("expected", type_=Integer()))
+    return where
+
+
 @functools.cache
 def insert_statement(dialect: str, restoring: bool):
-    """INSERT of an engine from the parameters new_title, new_thrust,
-    new_title_search and now: a new one at version 1, or (`restoring`) a
-    deleted one with its id (engine_id), at new_version."""
+    """INSERT of an engine with a new title and thrust at `now`: a new one
+    at version 1, or (`restoring`) a deleted one with its id (engine_id),
+    at new_version."""
     table = Engine.__table__
-    values = {"title": bindparam("new_title", type_=table.c.title.type),
-              "thrust": bindparam("new_thrust", type_=Integer()),
-              "title_search": bindparam("new_title_search", type_=Text()),
-              "updated_at": bindparam("now", type_=UTCDateTime()), "version": 1}
+    values = {**new_value_binds(("title", "thrust")), "updated_at": bindparam("now", type_=UTCDateTime()),
+              "version": 1}
     if restoring:
         values.update(id=bindparam("engine_id", type_=Integer()), version=bindparam("new_version", type_=Integer()))
     return table.insert().values(values).returning(*list_columns())
@@ -1368,17 +1387,12 @@ def insert_statement(dialect: str, restoring: bool):
 
 @functools.cache
 def update_statement(dialect: str, fields: tuple[str, ...], checked: bool, forced: bool):
-    """UPDATE of an engine (parameter engine_id) that sets its `fields` to
-    the parameters new_<field> as its next version at `now`: only if its
-    version is `expected` (when `checked`), and only if a field changes
+    """UPDATE of an engine (one_engine_where) that gives its `fields` their
+    new values as its next version at `now`, only if a field changes
     (unless `forced`)."""
     table = Engine.__table__
-    values = {name: bindparam(f"new_{name}", type_=table.c[name].type) for name in fields}
-    if "title" in fields:
-        values["title_search"] = bindparam("new_title_search", type_=Text())
-    where = [table.c.id == bindparam("engine_id")]
-    if checked:
-        where.append(table.c.version == bindparam("expected", type_=Integer()))
+    values = new_value_binds(fields)
+    where = one_engine_where(checked)
     if not forced:
         where.append(or_(*(table.c[name].is_distinct_from(values[name]) for name in fields)))
     return table.update().where(*where).values(
@@ -1387,18 +1401,13 @@ def update_statement(dialect: str, fields: tuple[str, ...], checked: bool, force
 
 @functools.cache
 def delete_statement(dialect: str, checked: bool):
-    """DELETE of an engine (parameter engine_id), only if its version is
-    `expected` (when `checked`)."""
-    table = Engine.__table__
-    where = [table.c.id == bindparam("engine_id")]
-    if checked:
-        where.append(table.c.version == bindparam("expected", type_=Integer()))
-    return table.delete().where(*where).returning(*list_columns())
+    """DELETE of an engine (one_engine_where)."""
+    return Engine.__table__.delete().where(*one_engine_where(checked)).returning(*list_columns())
 
 
 def new_values(values: dict) -> dict:
     """Checked values of an engine (validate_engine's) as the parameters of
-    the statements above: new_title, new_title_search, new_thrust."""
+    the statements above (new_value_binds)."""
     parameters = {f"new_{name}": value for name, value in values.items()}
     if "title" in values:
         parameters["new_title_search"] = search_text(values["title"])
@@ -1506,7 +1515,7 @@ def record_bulk_load(first_new_id: int, ids: list[int], change: str, source: str
         "INSERT INTO engine_history (engine_id, version, title, thrust, changed_at, change, source, changed_by)"
         f" SELECT id, version, title, thrust, :changed_at, :change, :source, :changed_by FROM engine WHERE {new}"
         " ORDER BY id"), {"ids": json.dumps(ids) if on_sqlite else ids, "first": first_new_id,
-                         "changed_at": stored_datetime(changed_at) if on_sqlite else changed_at,
+                         "changed_at": bound_moment(changed_at),
                          "change": change, "source": source, "changed_by": changed_by()})
     return recorded_since(newest, change, changed_at)
 
@@ -2057,8 +2066,8 @@ def configure_connection(dbapi_connection, connection_record):
     a write cost the same (README, Benchmark).
 
     On SQLite, synchronous=FULL makes every acknowledged write survive a
-    power cut, not only a crash of Engines: a person's data is worth one fsync per change.
-    The driver's own transaction handling is switched off
+    power cut, not only a crash of Engines: a person's data is worth one
+    fsync per change. The driver's own transaction handling is switched off
     (isolation_level=None) so that begin_sqlite_transaction below decides
     how each transaction begins, DDL included. WAL is switched on by
     prepare_database once it has accepted the file, because switching
