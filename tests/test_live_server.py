@@ -10,6 +10,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -127,10 +129,14 @@ def test_where_no_browser_can_open_engines_says_so_in_one_line_and_serves_on(tmp
         process.stderr.close()
 
 
-# -- python engines.py runs as the module, from its bytecode --
+# -- what the process holds: python engines.py as a module, memory given back --
 
 def command_line(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+
+
+def resident_bytes() -> int:
+    return int(re.search(r"VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
 
 
 def serving(*command: str, tmp_path: Path, stdin: str = "") -> subprocess.Popen:
@@ -189,3 +195,38 @@ def test_run_by_a_debugger_or_another_tool_python_engines_py_stays_in_its_hands(
         assert command_line(process.pid)[:4] == [sys.executable, *runner, str(ROOT / "engines.py")]
     finally:
         stop(process)
+
+
+def freed_in_holes(megabytes: int) -> list[bytearray]:
+    """Allocate `megabytes` in 4 KiB blocks (glibc's malloc: pymalloc takes
+    only blocks of up to 512 bytes), then free all but one block in 16: free
+    memory in holes among blocks in use, which glibc does not give back by
+    itself. Returns the blocks kept."""
+    blocks = [bytearray(4096) for _ in range(megabytes * 256)]
+    kept = blocks[::16]
+    del blocks
+    return kept
+
+
+def test_the_server_gives_back_the_memory_freed_after_requests_and_not_before(tmp_path):
+    need(engines.glibc() is not None, "glibc's malloc (Linux), whose freed memory the server gives back")
+    app = engines.create_app(instance_path=tmp_path / "i")
+    server = engines.make_server(app, "127.0.0.1", 0)
+    threading.Thread(target=server.run, daemon=True).start()
+    try:
+        kept = freed_in_holes(80)
+        freed = resident_bytes()
+        time.sleep(engines.TRIM_AFTER + 1)
+        assert resident_bytes() > freed - 20e6, "given back with no request: not the server's doing"
+
+        url = f"http://127.0.0.1:{server.effective_port}/api/health"
+        assert requests.get(url, timeout=5).json()["status"] == "ok"
+        deadline = time.monotonic() + engines.TRIM_AFTER + 10
+        while resident_bytes() > freed - 50e6 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert resident_bytes() <= freed - 50e6, (freed, resident_bytes())
+        del kept
+    finally:
+        server.close()
+        with app.app_context():
+            engines.db.engine.dispose()
