@@ -150,7 +150,6 @@ from sqlalchemy import (
 from sqlalchemy import column as sql_column
 from sqlalchemy import create_engine as create_sql_engine
 from sqlalchemy import table as sql_table
-from sqlalchemy.dialects.postgresql import array as pg_array
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.engine import Engine as SqlEngine
 from sqlalchemy.exc import (
@@ -493,9 +492,13 @@ engine_history = Table(
     # (with the thrust, so that a row's sparkline reads the index alone);
     # and the deleted engines, most recently deleted first.
     Index("engine_history_engine_idx", "engine_id", "id", "thrust"),
-    Index("engine_history_deleted_idx", "id", sqlite_where=text("change = 'delete'"),
-          postgresql_where=text("change = 'delete'")),
+    Index("engine_history_deleted_idx", "id", sqlite_where=text("change = 'delete'")).ddl_if(dialect="sqlite"),
 )
+# The same index on PostgreSQL, by its DDL: `postgresql_where=` on the Index
+# would load PostgreSQL's dialect, 2.4 MB, into every Engines on SQLite.
+event.listen(engine_history, "after_create", DDL(
+    "CREATE INDEX engine_history_deleted_idx ON engine_history (id) WHERE change = 'delete'",
+).execute_if(dialect="postgresql"))
 
 
 class ValidationError(Exception):
@@ -678,6 +681,9 @@ def title_contains(q: str):
     if len(q) > 2:
         pattern = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         return func.upper(Engine.title).like(func.concat("%", func.upper(pattern), "%"), escape="\\")
+    # Imported here: PostgreSQL's dialect is 2.4 MB that Engines on SQLite never needs.
+    from sqlalchemy.dialects.postgresql import array as pg_array
+
     # strpos, not LIKE, which the planner would take to pg_trgm's index.
     return and_(func.engine_short_grams(func.upper(Engine.title)).op("@>")(pg_array([func.upper(q)])),
                 func.strpos(func.upper(Engine.title), func.upper(q)) > 0)
