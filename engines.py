@@ -21,6 +21,9 @@ Contents, in reading order (each a section headed by a ruled comment):
 11. Commands: flask --app engines ...
 12. Serving: python engines.py
 13. The window: python engines.py --window (the binary's default)
+
+Before them, between the standard library's imports and the others,
+`python engines.py` starts over as the module (start_over_as_a_module).
 """
 
 from __future__ import annotations
