@@ -1536,9 +1536,11 @@ def unwritten(engine_id: int, expected: int | None) -> EngineRow:
     had the values already, and it is returned as it is (the transaction
     committed: nothing was written)."""
     engine = get_engine_or_404(engine_id)
-    if expected is not None and engine.version != expected:
+    try:
+        check_expected_version(engine, expected)
+    except EditConflict:
         db.session.rollback()
-        raise EditConflict(engine)
+        raise
     db.session.commit()
     return engine
 
