@@ -4116,16 +4116,16 @@ def api_engine_history(engine_id: int):
     if engine_id > MAX_INTEGER:
         abort(404, description=f"Engine {engine_id} was not found.")
     page = history_of(engine_id, **params)
-    version = read(select(Engine.version).where(Engine.id == engine_id)).scalar()
-    if version is None:
+    engine = engine_row(engine_id)
+    if engine is None:
         latest = page.records[0] if page.records and params["after"] is None else latest_record(engine_id)
         if latest is None:
             abort(404, description=f"Engine {engine_id} was not found.")
-        version = latest.version
+    version = latest.version if engine is None else engine.version
     following = url_for("api.api_engine_history", engine_id=engine_id, after=page.next_cursor,
                         per_page=params["per_page"], _external=True) if page.next_cursor else None
     return {"history": [record_json(record) for record in page.records], "next": following}, 200, \
-        {"ETag": f'"{version}"'}
+        {"ETag": etag(version)}
 
 
 @api.post("/engines/<int:engine_id>/revert")
