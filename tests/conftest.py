@@ -150,21 +150,30 @@ def add_engines(app, rows) -> None:
 
 
 class LiveServer:
-    """`python engines.py --serve` in a subprocess, on a free port."""
+    """`python engines.py --serve` in a subprocess, on a free port.
+    `interpreter`: what the command line puts between python and
+    engines.py (options, `-m pdb`); `stdin`: text to give it (pdb's
+    commands), where it would otherwise read this process's."""
 
-    def __init__(self, instance: Path, *extra: str, env: dict | None = None):
+    def __init__(self, instance: Path, *extra: str, env: dict | None = None, interpreter: tuple = (),
+                 stdin: str | None = None):
         self.instance = instance
         self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "engines.py"), "--serve", "--port", "0",
+            [sys.executable, *interpreter, str(ROOT / "engines.py"), "--serve", "--port", "0",
              "--instance", str(instance), *extra],
+            stdin=None if stdin is None else subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, **(env or {})},
         )
-        line = self.first_line = self.process.stdout.readline()
-        match = re.search(r"(http://127\.0\.0\.1:\d+)/", line)
+        if stdin is not None:
+            self.process.stdin.write(stdin)
+            self.process.stdin.close()
+        match = None
+        while not match and (line := self.process.stdout.readline()):  # a debugger prints before it
+            match = re.search(r"(http://127\.0\.0\.1:\d+)/", line)
         if not match:
             self.process.kill()
-            raise RuntimeError(f"no URL printed: {line!r} {self.process.stderr.read()}")
+            raise RuntimeError(f"no URL printed: {self.process.stderr.read()}")
         self.url = match.group(1)
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 15) -> int:

@@ -139,42 +139,19 @@ def resident_bytes() -> int:
     return int(re.search(r"VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
 
 
-def serving(*command: str, tmp_path: Path, stdin: str = "") -> subprocess.Popen:
-    """`command` (a Python command line that runs engines.py --serve), once
-    it has printed its URL: the process, with `.url`."""
-    process = subprocess.Popen([*command, "--serve", "--port", "0", "--instance", str(tmp_path / "i")],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    process.stdin.write(stdin)
-    process.stdin.close()
-    line = ""
-    while "http://" not in line:
-        line = process.stdout.readline()
-        assert line, process.stderr.read()
-    process.url = re.search(r"http://127\.0\.0\.1:\d+", line).group(0)
-    return process
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGTERM)
-    process.wait(15)
-    process.stdout.close()
-    process.stderr.close()
-
-
 def test_python_engines_py_serves_as_the_module_in_the_same_process_with_the_same_options(tmp_path):
     """CPython would keep the syntax tree of engines.py (10 MB) for as long
     as the script runs: it starts over as the module, from its bytecode,
     keeping the interpreter's options and the script's arguments."""
     need(Path("/proc/self/cmdline").exists(), "/proc, to read a process's command line (Linux)")
-    process = serving(sys.executable, "-X", "dev", "-W", "error::ResourceWarning", str(ROOT / "engines.py"),
-                      tmp_path=tmp_path)
+    server = LiveServer(tmp_path / "i", interpreter=("-X", "dev", "-W", "error::ResourceWarning"))
     try:
-        assert requests.get(f"{process.url}/api/health", timeout=5).json()["status"] == "ok"
-        assert command_line(process.pid) == [
+        assert requests.get(f"{server.url}/api/health", timeout=5).json()["status"] == "ok"
+        assert command_line(server.process.pid) == [
             sys.executable, "-X", "dev", "-W", "error::ResourceWarning", "-c", engines.HANDOVER,
             str(ROOT / "engines.py"), "engines", "--serve", "--port", "0", "--instance", str(tmp_path / "i")]
     finally:
-        stop(process)
+        assert server.stop() == 0
 
 
 # A program that runs engines.py as its script, the way memray or scalene do
@@ -182,19 +159,19 @@ def test_python_engines_py_serves_as_the_module_in_the_same_process_with_the_sam
 RUN_AS_SCRIPT = "import runpy, sys; sys.argv[:] = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
 
 
-@pytest.mark.parametrize("runner, stdin", [(["-m", "pdb"], "continue\n"), (["-c", RUN_AS_SCRIPT], "")],
+@pytest.mark.parametrize("runner, stdin", [(("-m", "pdb"), "continue\n"), (("-c", RUN_AS_SCRIPT), None)],
                          ids=["pdb", "runpy.run_path"])
 def test_run_by_a_debugger_or_another_tool_python_engines_py_stays_in_its_hands(tmp_path, runner, stdin):
     """engines.py starts over only when the interpreter itself was told to
     run it: a debugger (pdb, which drops its trace on `continue`) or a
     profiler that runs it keeps it."""
     need(Path("/proc/self/cmdline").exists(), "/proc, to read a process's command line (Linux)")
-    process = serving(sys.executable, *runner, str(ROOT / "engines.py"), tmp_path=tmp_path, stdin=stdin)
+    server = LiveServer(tmp_path / "i", interpreter=runner, stdin=stdin)
     try:
-        assert requests.get(f"{process.url}/api/health", timeout=5).json()["status"] == "ok"
-        assert command_line(process.pid)[:4] == [sys.executable, *runner, str(ROOT / "engines.py")]
+        assert requests.get(f"{server.url}/api/health", timeout=5).json()["status"] == "ok"
+        assert command_line(server.process.pid)[:4] == [sys.executable, *runner, str(ROOT / "engines.py")]
     finally:
-        stop(process)
+        server.stop()
 
 
 def freed_in_holes(megabytes: int) -> list[bytearray]:
