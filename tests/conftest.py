@@ -153,7 +153,8 @@ class LiveServer:
     """`python engines.py --serve` in a subprocess, on a free port.
     `interpreter`: what the command line puts between python and
     engines.py (options, `-m pdb`); `stdin`: text to give it (pdb's
-    commands), where it would otherwise read this process's."""
+    commands), where it would otherwise read this process's. The URL must
+    be the first line printed, unless something reads `stdin`."""
 
     def __init__(self, instance: Path, *extra: str, env: dict | None = None, interpreter: tuple = (),
                  stdin: str | None = None):
@@ -168,12 +169,14 @@ class LiveServer:
         if stdin is not None:
             self.process.stdin.write(stdin)
             self.process.stdin.close()
-        match = None
-        while not match and (line := self.process.stdout.readline()):  # a debugger prints before it
+        line = self.first_line = self.process.stdout.readline()
+        match = re.search(r"(http://127\.0\.0\.1:\d+)/", line)
+        while stdin is not None and not match and line:  # a debugger, reading stdin, prints before the URL
+            line = self.process.stdout.readline()
             match = re.search(r"(http://127\.0\.0\.1:\d+)/", line)
         if not match:
             self.process.kill()
-            raise RuntimeError(f"no URL printed: {self.process.stderr.read()}")
+            raise RuntimeError(f"no URL printed: {line!r} {self.process.stderr.read()}")
         self.url = match.group(1)
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 15) -> int:
